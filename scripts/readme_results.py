@@ -93,11 +93,12 @@ def latency_aware_choice(data: dict) -> str:
     by_model: dict[str, dict[str, dict]] = {}
     for row in data["equal_macs"]:
         by_model.setdefault(row["model"], {})[row["choice"]] = row
-    shown = {model: [round(rows[choice]["speedup"], 2) for choice in ("latency", "macs")]  # as the page shows them
-             for model, rows in by_model.items()}
-    faster = {model: rows for model, rows in by_model.items() if shown[model][0] > shown[model][1]}
-    even = [model_name(model) for model in by_model if shown[model][0] == shown[model][1]]
-    slower = [model_name(model) for model in by_model if shown[model][0] < shown[model][1]]
+    # faster or slower where the two 90 % intervals are apart, level where they overlap
+    faster = {model: rows for model, rows in by_model.items()
+              if rows["latency"]["speedup_low"] > rows["macs"]["speedup_high"]}
+    slower = [model_name(model) for model, rows in by_model.items()
+              if rows["latency"]["speedup_high"] < rows["macs"]["speedup_low"]]
+    even = [model_name(model) for model in by_model if model not in faster and model_name(model) not in slower]
     cases: dict[tuple, dict[str, float]] = {}
     for row in data["accuracy"]:
         cases.setdefault((row["model"], row["goal"]), {})[row["choice"]] = row["test_accuracy"]
@@ -107,7 +108,8 @@ def latency_aware_choice(data: dict) -> str:
               "less accurate": sum(ours < theirs for ours, theirs in shown_accuracy)}
     said = ", ".join(f"{words} in {count}" for words, count in counts.items() if count)
     accuracy = f"at equal speed-up {said} of {len(cases)} Fashion-MNIST cases: MACs stay the default"
-    rest = (f", even on {listed(even)}" if even else "") + (f", slower on {listed(slower)}" if slower else "")
+    rest = ((f", level on {listed(even)} (intervals overlapping)" if even else "")
+            + (f", slower on {listed(slower)}" if slower else ""))
     if not faster:
         return f"at equal MACs faster on none of {len(by_model)} models{rest}; {accuracy}"
     best_model, best = max(faster.items(), key=lambda item: item[1]["latency"]["speedup"] / item[1]["macs"]["speedup"])
