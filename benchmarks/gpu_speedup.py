@@ -329,7 +329,10 @@ def latency_row(reference: str, dense: Program, defaults: Program, batch: int, s
     clock = time.perf_counter()
     chosen, _, fraction = table_fraction.at_macs(dense, table, kept, {})
     row = {"model": reference, "batch": batch, "latency_table": {"table_s": table.seconds,
-           "table_entries": table.measured, "fraction": fraction, "choice_s": time.perf_counter() - clock}}
+           "table_entries": table.measured, "fraction": fraction, "choice_s": time.perf_counter() - clock,
+           # what the table predicts, beside what is measured: whether lone layers price a model's layers
+           "predicted_ms": {name: table_fraction.table_ms(table, program)
+                            for name, program in (("dense", dense), ("prunefx", defaults), ("prunefx latency", chosen))}}}
     pair = CudaBackend(device).latency_pair(dataclasses.replace(settings, batch=batch))
     for name, program in (("prunefx", defaults), ("prunefx latency", chosen)):
         row[name] = _confirmed_aloud(pair, dense, program, f"{reference} at batch {batch}: {name}")
@@ -626,9 +629,10 @@ def markdown(report: dict) -> str:
                              *[cell(r.get(n)) for n in names]] for r in measured])
     chosen = [r for r in report.get("latency_choice", []) if "error" not in r]
     latency = markdown_table(["model", "batch", "dense ms", "prunefx (MACs choice)", "prunefx latency",
-                              "latency table"],
+                              "latency table", "table predicts (MACs, latency)"],
                              [[r["model"], r["batch"], f"{r.get('dense_ms', float('nan')):.3f}", cell(r.get("prunefx")),
-                               cell(r.get("prunefx latency")), _table(r.get("latency_table"))] for r in chosen])
+                               cell(r.get("prunefx latency")), _table(r.get("latency_table")),
+                               _predicted(r.get("latency_table"))] for r in chosen])
     budgets = markdown_table(["model", "batch", "asked", "route", "channels chosen by", "re-measured (fresh pair)",
                               "own timer, own process", "MACs kept", "within [0.95 S, 1.25 S]"],
                              [[r["model"], r["batch"], f"{r['speedup_asked']}x", r.get("route", "width"),
@@ -664,6 +668,14 @@ def markdown(report: dict) -> str:
 
 def _table(entry: dict | None) -> str:
     return "-" if not entry else f"{entry['table_s']:.1f} s, {entry['table_entries']} entries"
+
+
+def _predicted(entry: dict | None) -> str:
+    """The speed-ups the latency table predicts for both choices (its timed layers' sums), where recorded."""
+    predicted = (entry or {}).get("predicted_ms")
+    if not predicted:
+        return "-"
+    return ", ".join(f"{predicted['dense'] / predicted[name]:.2f}x" for name in ("prunefx", "prunefx latency"))
 
 
 def _independent(entry: dict | None) -> str:

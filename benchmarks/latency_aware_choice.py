@@ -184,7 +184,7 @@ def equal_macs_rows(model: str, args) -> list[dict]:
             {choice: program for choice, (program, _) in chosen.items()}, args.rounds)
     return [{"model": model, "choice": choice, "fraction": fraction,
              "macs_kept": count(program).macs / count(dense).macs, **timed[choice],
-             "table_dense_ms": table_ms(table, dense), "table_ms": table_ms(table, program),
+             "table_dense_ms": table_fraction.table_ms(table, dense), "table_ms": table_fraction.table_ms(table, program),
              "widths": {member: [group_width(dense, member), group_width(program, member)] for member in groups}}
             for choice, (program, fraction) in chosen.items()]
 
@@ -194,12 +194,6 @@ def group_width(program: Program, member: str) -> int:
     statistics name it) in the program's weights: the same for whichever choice cut it."""
     name, _, dim = member.rpartition(":")
     return int(program.module.state_dict()[name].shape[int(dim)])
-
-
-def table_ms(table, program: Program) -> float:
-    """What the latency table says the program's timed layers take, each at its widths: beside the whole model's
-    measured time, how far the table's prediction is from it."""
-    return sum(table(layer, layer.in_channels, layer.out_channels) for layer in timed_layers(program.module))
 
 
 def markdown(report: dict) -> str:

@@ -8,6 +8,7 @@ choices at equal MACs the same way."""
 from __future__ import annotations
 
 from prunefx.graph import Program, count
+from prunefx.graph.channels.plan_latency import timed_layers
 from prunefx.passes.remove_channels import remove_channels
 
 TOLERANCE = 0.03  # remove_channels' own (graph/channels/selection.TARGET_TOLERANCE): a plan within it is met
@@ -20,3 +21,9 @@ def at_macs(dense: Program, table, target: float, options: dict) -> tuple[Progra
                                                     **options})
     table_ms = result.stats["target"]["table_ms"]
     return result.program, count(result.program).macs / count(dense).macs, table_ms["planned"] / table_ms["dense"]
+
+
+def table_ms(table, program: Program) -> float:
+    """What the latency table says the program's timed layers take, each at its widths: beside the whole model's
+    measured time, how far the table's prediction is from it."""
+    return sum(table(layer, layer.in_channels, layer.out_channels) for layer in timed_layers(program.module))

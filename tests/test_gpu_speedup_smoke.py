@@ -35,6 +35,9 @@ def test_the_smoke_run_writes_every_row_outside_the_results_folder(load_script, 
     assert chosen["prunefx latency"]["macs_kept"] == pytest.approx(chosen["prunefx"]["macs_kept"], rel=0.03)
     assert 0.0 < chosen["latency_table"]["fraction"] < 1.0
     assert chosen["latency_table"]["table_entries"] > 0
+    predicted = chosen["latency_table"]["predicted_ms"]  # a pruned plan's timed layers take less than the dense's
+    assert set(predicted) == {"dense", "prunefx", "prunefx latency"}
+    assert 0 < predicted["prunefx"] < predicted["dense"] and 0 < predicted["prunefx latency"] < predicted["dense"]
     (widths,) = report["widths"]  # every multiple timed; ResNet-20's 16 to 64 channels reach half at 8 and 16
     kept = {int(m): entry["macs_kept"] for m, entry in widths["round_to"].items()}
     assert sorted(kept) == list(script.ROUND_TO) and all(k >= script.MACS - 0.03 for k in kept.values())
