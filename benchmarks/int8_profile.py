@@ -53,10 +53,9 @@ def profiled_session(path: Path, folder: Path, threads: int = 1) -> tuple[ort.In
     """A session of `path` (1 thread unless told) with ONNX Runtime's profiler on, and where its optimized graph is
     written: the settings every prunefx timing session has (runtime/ort/options.py: spinning, subnormals flushed as
     a timing flushes them), and the profiler."""
-    options = session_options(threads, spinning=True, flush_denormals=timing_flushes_denormals())
+    options = session_options(threads, spinning=True, flush_denormals=timing_flushes_denormals(),
+                              profile_prefix=str(folder / path.stem))
     options.optimized_model_filepath = str(folder / f"{path.stem}_optimized.onnx")
-    options.enable_profiling = True
-    options.profile_file_prefix = str(folder / path.stem)
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return session, Path(options.optimized_model_filepath)
 

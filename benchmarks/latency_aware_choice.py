@@ -116,12 +116,10 @@ def latency_table(dense: Program, args):
                                points=args.points, cache_dir=args.cache_dir)
 
 
-def prune(dense: Program, choice: str, fraction: float, table, options: dict) -> Program:
-    """The dense model with channels removed to `fraction` of its MACs or of its table time."""
-    program = dense.clone()
+def prune(dense: Program, choice: str, fraction: float, table, options: dict):
+    """remove_channels' result on a copy of the dense model, cut to `fraction` of its MACs or of its table time."""
     target = {"macs": fraction} if choice == "macs" else {"layer_time": fraction, "latency_table": table}
-    remove_channels(program, config={**target, "strict": False, **options})
-    return program
+    return remove_channels(dense.clone(), config={**target, "strict": False, **options})
 
 
 def search(dense: Program, choice: str, goal: float, table, timing: Timing, args, calibration) -> dict:
@@ -129,7 +127,7 @@ def search(dense: Program, choice: str, goal: float, table, timing: Timing, args
     low, high, tried = 0.15, 1.0, []
     fraction = 1.0 / goal
     for _ in range(args.steps):
-        program = prune(dense, choice, fraction, table, {"round_to": args.round_to, "calibration": calibration})
+        program = prune(dense, choice, fraction, table, {"round_to": args.round_to, "calibration": calibration}).program
         measured = timing.speedup(program)
         tried.append({"fraction": fraction, **measured, "program": program})
         if measured["speedup"] >= goal:
@@ -174,26 +172,28 @@ def equal_macs_rows(model: str, args) -> list[dict]:
                     name=model).eval()
     table = latency_table(dense, args)
     extra = {"importance": "l2", "round_to": args.round_to}
-    removed = remove_channels(dense.clone(), config={"macs": args.macs, "strict": False, **extra})
+    removed = prune(dense, "macs", args.macs, table, extra)
     by_macs, groups = removed.program, [group["members"][0] for group in removed.stats["groups"]]
     target = count(by_macs).macs / count(dense).macs
     by_latency, _, fraction = table_fraction.at_macs(dense, table, target, extra)
     chosen = {"macs": (by_macs, args.macs), "latency": (by_latency, fraction)}
+    dense_widths, dense_table_ms = group_widths(dense, groups), table_fraction.table_ms(table, dense)
     with tempfile.TemporaryDirectory() as folder:
         timed = Timing(dense, args, Path(folder), "dynamo").side_by_side(
             {choice: program for choice, (program, _) in chosen.items()}, args.rounds)
     return [{"model": model, "choice": choice, "fraction": fraction,
              "macs_kept": count(program).macs / count(dense).macs, **timed[choice],
-             "table_dense_ms": table_fraction.table_ms(table, dense), "table_ms": table_fraction.table_ms(table, program),
-             "widths": {member: [group_width(dense, member), group_width(program, member)] for member in groups}}
+             "table_dense_ms": dense_table_ms, "table_ms": table_fraction.table_ms(table, program),
+             "widths": {member: [before, after]
+                        for member, before, after in zip(groups, dense_widths, group_widths(program, groups))}}
             for choice, (program, fraction) in chosen.items()]
 
 
-def group_width(program: Program, member: str) -> int:
-    """The width of a channel group in `program`, read from its first member ("parameter:dim", as the removal's
-    statistics name it) in the program's weights: the same for whichever choice cut it."""
-    name, _, dim = member.rpartition(":")
-    return int(program.module.state_dict()[name].shape[int(dim)])
+def group_widths(program: Program, members: list[str]) -> list[int]:
+    """The widths of channel groups in `program`, read from their first members ("parameter:dim", as the removal's
+    statistics name them) in the program's weights: the same for whichever choice cut them."""
+    weights = program.module.state_dict()
+    return [int(weights[name].shape[int(dim)]) for name, _, dim in (member.rpartition(":") for member in members)]
 
 
 def markdown(report: dict) -> str:

@@ -27,25 +27,35 @@ LAYOUT_OPS = frozenset({"ReorderInput", "ReorderOutput"})
 _KERNEL_SUFFIX = "_kernel_time"
 
 
+def _timed_kernels(events: Iterable[Mapping], skip: int) -> tuple[int, list[tuple[int, int, str, str, float]]]:
+    """The runs after the first `skip` (how many) and, in the order they ran, the kernel events of their nodes:
+    (run, start, node, operator type, ms), the run counted from the first timed one."""
+    events = list(events)
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
+                  if e.get("cat") == "Session" and e.get("name") == "model_run")[skip:]
+    starts = [start for start, _ in runs]
+    kernels = []
+    for event in events:
+        if event.get("cat") != "Node" or not event.get("name", "").endswith(_KERNEL_SUFFIX):
+            continue
+        run = bisect.bisect_right(starts, event["ts"]) - 1
+        if run >= 0 and event["ts"] <= runs[run][1]:
+            kernels.append((run, event["ts"], event["name"][:-len(_KERNEL_SUFFIX)],
+                            event.get("args", {}).get("op_name", "?"), event["dur"] / 1e3))  # microseconds in
+    return len(runs), sorted(kernels, key=lambda kernel: kernel[:2])
+
+
 def kernel_ms_per_run(events: Iterable[Mapping], *, skip: int = 0, left_out: frozenset[str] = LAYOUT_OPS,
                       lead: int = 0) -> list[float]:
     """Milliseconds of operator work in each run of a profile's `events` (its JSON list), the first `skip` runs
     left out: the kernel times of a run's nodes, nodes of the operators `left_out` not counted, nor the first
     `lead` of the others to run (a lead-in that is not the work timed)."""
-    events = list(events)
-    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
-                  if e.get("cat") == "Session" and e.get("name") == "model_run")
-    starts = [start for start, _ in runs]
-    kernels: list[list[tuple[int, float]]] = [[] for _ in runs]  # per run: (start, ms) of each node counted
-    for event in events:
-        if event.get("cat") != "Node" or not event.get("name", "").endswith(_KERNEL_SUFFIX):
-            continue
-        if event.get("args", {}).get("op_name") in left_out:
-            continue
-        run = bisect.bisect_right(starts, event["ts"]) - 1
-        if run >= 0 and event["ts"] <= runs[run][1]:
-            kernels[run].append((event["ts"], event["dur"] / 1e3))  # the profiler's times are in microseconds
-    return [sum(ms for _, ms in sorted(nodes)[lead:]) for nodes in kernels[skip:]]
+    count, kernels = _timed_kernels(events, skip)
+    per_run: list[list[float]] = [[] for _ in range(count)]
+    for run, _, _, op, ms in kernels:
+        if op not in left_out:
+            per_run[run].append(ms)
+    return [sum(times[lead:]) for times in per_run]
 
 
 def median_kernel_ms(model: bytes, feed: dict[str, np.ndarray], *, threads: int, spinning: bool,
@@ -66,36 +76,21 @@ def median_kernel_ms(model: bytes, feed: dict[str, np.ndarray], *, threads: int,
 def kernel_ms_by_operator(events: Iterable[Mapping], *, skip: int = 0) -> dict[str, float]:
     """Milliseconds per run of each operator type in a profile's `events`, over the runs after the first `skip`
     (layout reorders included, as ReorderInput and ReorderOutput): where a whole model's time goes."""
-    events = list(events)
-    starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
-    if len(starts) <= skip:
-        return {}
+    count, kernels = _timed_kernels(events, skip)
     totals: dict[str, float] = {}
-    for event in events:
-        if (event.get("cat") == "Node" and event.get("name", "").endswith(_KERNEL_SUFFIX)
-                and event["ts"] >= starts[skip]):
-            op = event.get("args", {}).get("op_name", "?")
-            totals[op] = totals.get(op, 0.0) + event["dur"] / 1e3
-    timed = len(starts) - skip
-    return {op: ms / timed for op, ms in sorted(totals.items(), key=lambda item: -item[1])}
+    for _, _, _, op, ms in kernels:
+        totals[op] = totals.get(op, 0.0) + ms
+    return {op: ms / count for op, ms in sorted(totals.items(), key=lambda item: -item[1])}
 
 
 def kernel_ms_by_node(events: Iterable[Mapping], *, skip: int = 0) -> dict[str, tuple[str, float]]:
     """For each node that ran, in the order the nodes first ran: its operator type and the median over the runs
     after the first `skip` of its kernel milliseconds in a run (nodes as ONNX Runtime runs them: after its graph
     optimisations, fused nodes under one name and its layout reorders among them)."""
-    events = list(events)
-    runs = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")[skip:]
-    if not runs:
-        return {}
+    count, kernels = _timed_kernels(events, skip)
     per_run: dict[str, list[float]] = {}
     ops: dict[str, str] = {}
-    for event in sorted(events, key=lambda e: e.get("ts", 0)):
-        if (event.get("cat") != "Node" or not event.get("name", "").endswith(_KERNEL_SUFFIX)
-                or event["ts"] < runs[0]):
-            continue
-        name = event["name"][:-len(_KERNEL_SUFFIX)]
-        ops.setdefault(name, event.get("args", {}).get("op_name", "?"))
-        times = per_run.setdefault(name, [0.0] * len(runs))
-        times[bisect.bisect_right(runs, event["ts"]) - 1] += event["dur"] / 1e3
+    for run, _, name, op, ms in kernels:
+        ops.setdefault(name, op)
+        per_run.setdefault(name, [0.0] * count)[run] += ms
     return {name: (ops[name], float(np.median(times))) for name, times in per_run.items()}
