@@ -103,7 +103,10 @@ def test_compress_writes_every_file_and_a_full_report(compressed, schema_errors)
     assert report["parity"]["relative"] < 1e-4
     assert [step["pass"] for step in report["passes"]] == ["remove_channels", "distill"]
     assert report["seconds"]["total"] > 0
-    assert "MACs per image" in stdout and "faster" in stdout
+    # the measured speed-up as printed, whichever way three runs of a tiny model on a shared machine land
+    speedup = latency["speedup"]
+    said = f"{speedup:.2f}x faster" if speedup >= 1 else f"{1 / speedup:.2f}x slower"
+    assert "MACs per image" in stdout and said in stdout
     assert "| MACs per image |" in (output / "report.md").read_text()
     assert ", seed 0)" in (output / "report.md").read_text()
     # where the speed-up was measured, said alike in the three places: report.json's rounds of fresh processes
