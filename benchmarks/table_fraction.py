@@ -1,6 +1,7 @@
 """The latency choice at a given MACs fraction: remove_channels to `target` of the dense model's MACs with a
-per-layer latency table, channels going by importance lost per millisecond saved (the table's greedy order,
-stopped at the MACs rather than at a time). Nothing is timed: the table predicts, `count` checks.
+per-layer latency table: the plan the table says is fastest among those that reach the MACs and lose no more
+importance than the MACs choice (graph/channels/latency_selection.py). Nothing is timed: the table predicts,
+`count` checks.
 
 Shared by latency_aware_choice.py (ONNX Runtime) and gpu_speedup.py (cuda), so that both compare the two
 choices at equal MACs the same way."""

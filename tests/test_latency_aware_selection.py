@@ -15,6 +15,7 @@ from prunefx.graph.channels.importance import Importance
 from prunefx.graph.channels.plan_latency import timed_layers
 from prunefx.graph.channels.removal import remove_classes
 from prunefx.graph.channels.selection import Selector, Target
+from prunefx.graph.counting import node_macs
 from prunefx.graph.errors import PrunefxError
 from prunefx.models import build_model
 from prunefx.passes.core.config_checks import ConfigError
@@ -148,10 +149,26 @@ def _macs_by_hand(a: int, b: int) -> float:
     return (4 * a + a * b + 4 * b) / (4 * 16 + 16 * 16 + 16 * 4)
 
 
-def test_a_macs_target_with_a_table_spends_its_cut_where_time_is_saved(chain):
-    """The same MACs both ways. B's channels matter far less than A's (scores on one scale), so by MACs B goes;
-    the table says only A's channels cost time, so with it A goes and B, free, stays whole. Both land on the
-    target, counted by hand, and the table's choice is the faster by the table."""
+@pytest.mark.parametrize("table", [expensive_a_free_b, interacting])
+@pytest.mark.parametrize("goal", [0.3, 0.6])
+def test_at_a_macs_target_it_is_the_fastest_plan_losing_no_more_than_the_macs_choice(chain, table, goal):
+    """At a MACs target, every plan of the two-group net listed: of those within the target's tolerance (MACs
+    counted by hand) that lose no more importance than the MACs choice, the table's choice is the fastest (times
+    by hand), and it too loses no more."""
+    selector, names = _selector(chain, table)
+    by_macs, by_time = (_widths(s.plan(Target("macs", goal)), names) for s in (_selector(chain, None)[0], selector))
+    budget = _lost(by_macs["A"]) + _lost(by_macs["B"])
+    allowed = [_by_hand(table, a, b) for a, b in itertools.product(WIDTHS, WIDTHS)
+               if abs(_macs_by_hand(a, b) - goal) <= 0.03 * goal and _lost(a) + _lost(b) <= budget + 1e-9]
+    assert allowed and _by_hand(table, by_time["A"], by_time["B"]) == min(allowed)
+    assert _lost(by_time["A"]) + _lost(by_time["B"]) <= budget + 1e-9
+    assert abs(_macs_by_hand(by_time["A"], by_time["B"]) - goal) <= 0.03 * goal
+
+
+def test_at_a_macs_target_time_is_not_bought_with_more_importance_than_the_macs_choice_loses(chain):
+    """The same MACs both ways: A at 8 or B at 8 (counted by hand). Only A's channels cost time, but B's matter
+    far less (scores on one scale): cutting A would lose more importance than the MACs choice, which cuts B, so the
+    table's choice is the MACs choice, however much faster A's cut would be."""
     goal = _macs_by_hand(8, 16)
     assert goal == _macs_by_hand(16, 8) == pytest.approx(0.583, abs=1e-3)  # MACs alone cannot tell them apart
     combing = find_channel_groups(chain.module)
@@ -163,10 +180,8 @@ def test_a_macs_target_with_a_table_spends_its_cut_where_time_is_saved(chain):
                         layer_time=table).plan(Target("macs", goal))
 
     by_time, by_macs = plan(expensive_a_free_b), plan(None)
-    assert _widths(by_time, names) == {"A": 8, "B": 16} and by_time.target_met
-    assert by_time.achieved == pytest.approx(goal) and by_time.table_ms == {"dense": 16.0, "planned": 8.0}
-    assert _widths(by_macs, names) == {"A": 16, "B": 8} and by_macs.achieved == pytest.approx(goal)
-    assert _by_hand(expensive_a_free_b, 8, 16) < _by_hand(expensive_a_free_b, 16, 8)
+    assert _widths(by_macs, names) == _widths(by_time, names) == {"A": 16, "B": 8} and by_time.target_met
+    assert by_time.table_ms == {"dense": 16.0, "planned": 16.0} and _by_hand(expensive_a_free_b, 8, 16) == 8.0
 
 
 def test_remove_channels_takes_a_table_with_a_macs_target(chain):
@@ -203,7 +218,8 @@ def test_a_table_that_gives_no_number_is_refused(chain):
 @pytest.mark.parametrize("model", ["prunefx:mobilenetv2_small", "prunefx:vit_tiny_fmnist"])
 def test_the_widths_a_plan_is_priced_at_are_those_of_the_pruned_graph(model):
     """The oracle is the removal itself: every timed layer of the pruned graph has the (in, out) widths the
-    table was asked about for that plan (depthwise convolutions, attention heads and MLPs included)."""
+    table was asked about for that plan (depthwise convolutions, attention heads and MLPs included), and the MACs
+    the plan's price per MAC reads for it are those the pruned graph's node counts."""
 
     torch.manual_seed(0)
     program = capture(build_model(model).module.eval(), torch.randn(2, 1, 28, 28)).eval()
@@ -218,6 +234,11 @@ def test_the_widths_a_plan_is_priced_at_are_those_of_the_pruned_graph(model):
     pruned = {layer.name: (layer.in_channels, layer.out_channels) for layer in timed_layers(program.module)}
     assert pruned == dict(zip([layer.name for layer in selector.latency.layers], predicted))
     assert plan.table_ms["planned"] == sum(i * o for i, o in pruned.values()) < plan.table_ms["dense"]
+    counted = {node.name: node_macs(node) for node in program.module.graph.nodes if node.name in pruned}
+    priced = {layer.name: selector.latency.macs_at(index, *predicted[index])
+              for index, layer in enumerate(selector.latency.layers)}
+    assert priced == pytest.approx(counted, rel=1e-9) and any(m < d for m, d in zip(priced.values(),
+                                                                                     selector.latency.dense_macs))
 
 
 def stairs(layer, in_channels, out_channels) -> float:

@@ -4,11 +4,16 @@ A knapsack in the spirit of HALP (hardware-aware latency pruning): every group c
 allowed widths, each drop loses the importance of the channels it removes (the group's least important
 first) and saves the time the latency table gives for the layers it narrows (plan_latency.py). Starting
 from the dense widths, the drop with the least importance lost per millisecond saved is taken, again and
-again, until the plan's time is at most the target (or, given a target of MACs, parameters or channels,
-until the plan keeps at most that: the drops and their order are the same). Drops of several steps at once
-are candidates too: a backend's time often falls in stairs, and a single step on a stair saves nothing. The last drop is chosen
+again, until the plan's time is at most the target. Drops of several steps at once are candidates too: a
+backend's time often falls in stairs, and a single step on a stair saves nothing. The last drop is chosen
 to land within the tolerance of the target where one does (the fewest importance lost among those);
 a drop that saves no time is never taken.
+
+To a target of MACs (parameters, channels) the same greedy covers the MACs instead, each drop priced by the
+importance it loses less the time it saves, per MAC it removes (`fastest`): of the plans it gives at several
+weights of importance against time, and the threshold choice's own plan, the fastest by the table that loses
+no more importance than the threshold choice. Ordered by importance per millisecond alone, the cuts reach a
+MACs target in the layers fast per MAC (a residual stream read by every block), slower than MACs chosen alone.
 
 A drop of one group changes only the layers it touches, so after each drop only the groups that share a
 layer with it are priced again. A group holding no grid factor class (no head) takes nothing along when it
@@ -24,6 +29,8 @@ import numpy as np
 
 from prunefx.graph.channels.removal import expand_mask
 
+COVERING_WEIGHTS = (0.0, *(2.0 ** k for k in range(-4, 6)))  # importance against time, time alone first
+
 
 @dataclass(frozen=True)
 class Drop:
@@ -31,6 +38,7 @@ class Drop:
     width: int
     lost: float   # importance of the channels removed (the ranking's normalised scores)
     saved: float  # ms the table says the drop saves
+    macs: float = 0.0  # MACs the timed layers it narrows lose
 
     @property
     def ratio(self) -> float:
@@ -62,22 +70,22 @@ class LatencyKnapsack:
             touched.append({i for i, (a, b) in enumerate(zip(dense, self.latency.widths(mask))) if a != b})
         return touched
 
-    def widths(self, goal: float, low: float, high: float,
-               measure: Callable[[list[int]], float] | None = None) -> list[int]:
+    def widths(self, goal: float, low: float, high: float, measure: Callable[[list[int]], float] | None = None,
+               order: Callable[[Drop], tuple[float, int]] | None = None) -> list[int]:
         """Kept widths whose table time (ms) is at most `goal`, landing in [low, high] where a last drop can;
         the dense widths' neighbourhood is left as soon as a drop saves time. Given `measure` (kept widths ->
-        a MACs fraction, say), the same drops are taken in the same order, and `goal`, `low` and `high` bound
-        that measure instead: the time a target of MACs buys is spent where it saves the most."""
+        a MACs fraction, say), `goal`, `low` and `high` bound that measure instead. `order`: which drop goes
+        first (default: the least importance per millisecond saved)."""
         kept = [int(widths[-1]) for widths in self.selector.widths]
         current = self.latency.ms(self.selector._mask(kept)[0]) if measure is None else measure(kept)
 
         def after(drop: Drop) -> float:  # the measure once `drop` is taken (a time: its saving is priced already)
             return current - drop.saved if measure is None else measure(_dropped(kept, drop))
 
-        drops = [self._drops(kept, g) for g in range(len(kept))]
+        drops, order = [self._drops(kept, g) for g in range(len(kept))], order or _greedy_order
         while current > goal:
-            best = min((min(group_drops, key=_greedy_order) for group_drops in drops if group_drops),
-                       key=_greedy_order, default=None)
+            best = min((min(group_drops, key=order) for group_drops in drops if group_drops),
+                       key=order, default=None)
             if best is None:
                 break
             landed = after(best)
@@ -92,6 +100,37 @@ class LatencyKnapsack:
             for h in self.neighbours[best.group]:
                 drops[h] = self._drops(kept, h)
         return kept
+
+    def fastest(self, goal: float, low: float, high: float, measure: Callable[[list[int]], float],
+                reference: list[int]) -> list[int]:
+        """At a target other than time (MACs, say; `measure`: kept widths -> its fraction): the plan the table
+        says is fastest among those within [low, high] that lose no more importance than `reference` (the MACs
+        choice's widths), `reference` among them. The candidates are the covering greedy's at growing weights
+        of importance against time (covering_order); the first whose plan loses no more than `reference` is
+        the fastest the weights give, since a larger weight buys importance back with time."""
+        budget = self.lost(reference)
+        for weight in COVERING_WEIGHTS:
+            kept = self.widths(goal, low, high, measure, order=self.covering_order(weight))
+            if self.lost(kept) <= budget and low <= measure(kept) <= high:
+                return min((reference, kept), key=lambda plan: self.latency.ms(self.selector._mask(plan)[0]))
+        return reference
+
+    def covering_order(self, weight: float) -> Callable[[Drop], tuple[float, int]]:
+        """A target of MACs must be reached, and each drop gets there by the MACs it removes: a drop's price is
+        `weight` x its share of all importance lost less its share of the dense time saved, per share of the
+        timed layers' MACs it removes; the cheapest per MAC first (a covering knapsack's greedy order)."""
+        importance = max(float(sum(prefix[-1] for prefix in self.lost_prefix)), 1e-12)
+        macs, dense_ms = max(float(sum(self.latency.dense_macs)), 1e-12), max(self.latency.dense_ms, 1e-12)
+
+        def order(drop: Drop) -> tuple[float, int]:
+            price = weight * drop.lost / importance - drop.saved / dense_ms
+            return price / max(drop.macs / macs, 1e-12), -drop.width
+        return order
+
+    def lost(self, kept: list[int]) -> float:
+        """The importance a plan's widths lose: each group's least important channels beyond its kept width."""
+        groups = self.selector.combing.groups
+        return float(sum(prefix[group.size - width] for prefix, group, width in zip(self.lost_prefix, groups, kept)))
 
     def _occurrences(self, ranked: np.ndarray, group: int) -> np.ndarray:
         """How often each of the group's classes (least important first) stands in each dim of each layer it
@@ -111,14 +150,17 @@ class LatencyKnapsack:
         size, planned = self.selector.combing.groups[group].size, self.selector._mask(kept)[0]
         alive = ~expand_mask(self.selector.combing.analysis, planned)  # found once: the plan's surviving classes
         widths = self.latency.surviving_widths(alive, layers)
-        now = self.latency.times_at(layers, widths).sum()
+        now, macs_now = self.latency.times_at(layers, widths).sum(), self._macs(layers, widths)
         prefix, drops = self.lost_prefix[group], []
-        for width, ms in self._trial_times(planned, (alive, widths), group, layers, kept[group]):
+        for width, ms, macs in self._trial_times(planned, (alive, widths), group, layers, kept[group]):
             saved = float(now - ms)
             if saved > self.epsilon:
                 lost = float(prefix[size - width] - prefix[size - kept[group]])
-                drops.append(Drop(group, width, max(lost, 0.0), saved))
+                drops.append(Drop(group, width, max(lost, 0.0), saved, max(macs_now - macs, 0.0)))
         return drops
+
+    def _macs(self, layers: list[int], widths) -> float:
+        return float(sum(self.latency.macs_at(layer, int(a), int(b)) for layer, (a, b) in zip(layers, widths)))
 
     def _trial_times(self, planned: np.ndarray, surviving: tuple, group: int, layers: list[int], kept: int):
         """(width, the touched layers' time) for each allowed width of `group` narrower than `kept`, the others
@@ -130,7 +172,8 @@ class LatencyKnapsack:
             for width in narrower:
                 trial = planned.copy()
                 trial[ranked[: size - width]] = True
-                yield width, self.latency.layer_ms(trial, layers).sum()
+                widths = self.latency.widths(trial, layers)
+                yield width, self.latency.times_at(layers, widths).sum(), self._macs(layers, widths)
             return
         alive, plan_widths = surviving
         widths = np.array(plan_widths, dtype=np.int64).reshape(-1)  # in, out, in, ...
@@ -138,9 +181,9 @@ class LatencyKnapsack:
                                          counted * alive[ranked]], axis=1), axis=1)  # [dim, classes gone]
         for width in narrower:
             left = widths - lost[:, size - width]
-            times = [self.latency.time_at(layer, int(left[2 * j]), int(left[2 * j + 1]))
-                     for j, layer in enumerate(layers)]
-            yield width, np.array(times, dtype=np.float64).sum()  # summed as layer_ms's are: ties break alike
+            pairs = list(zip(left[0::2].tolist(), left[1::2].tolist()))
+            times = [self.latency.time_at(layer, *pair) for layer, pair in zip(layers, pairs)]
+            yield width, np.array(times, dtype=np.float64).sum(), self._macs(layers, pairs)  # summed as layer_ms's are
 
 
 def _dropped(kept: list[int], drop: Drop) -> list[int]:

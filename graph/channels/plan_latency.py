@@ -20,7 +20,7 @@ import torch
 
 from prunefx.graph.channels.plan_cost import CostModel
 from prunefx.graph.channels.removal import expand_mask
-from prunefx.graph.counting import _shape
+from prunefx.graph.counting import _shape, node_macs
 from prunefx.graph.errors import PrunefxError
 
 aten = torch.ops.aten
@@ -189,6 +189,7 @@ class PlanLatency:
         layers = {layer.name: layer for layer in timed_layers(cost_model.module)}
         self.nodes = [node for node in cost_model.module.graph.nodes if node.name in layers]
         self.layers = [layers[node.name] for node in self.nodes]
+        self.dense_macs = [node_macs(node) for node in self.nodes]
         self._memo: dict[tuple[int, int, int], float] = {}
         self._index_widths()
         self.dense_layers = self.layer_ms(np.zeros(cost_model.classes, dtype=bool))
@@ -236,6 +237,15 @@ class PlanLatency:
 
     def ms(self, removed_mask: np.ndarray) -> float:
         return float(self.layer_ms(removed_mask).sum())
+
+    def macs_at(self, index: int, in_width: int, out_width: int) -> float:
+        """The MACs of timed layer `index` at these widths: its dense MACs scaled by its outputs and by what each
+        output reads (in / groups: one channel for a depthwise convolution at any width)."""
+        layer = self.layers[index]
+        if not layer.in_channels or not layer.out_channels:
+            return 0.0
+        reads = in_width / layer.resized(in_width, out_width).groups
+        return self.dense_macs[index] * reads / (layer.in_channels / layer.groups) * out_width / layer.out_channels
 
     def time_at(self, index: int, in_width: int, out_width: int) -> float:
         """The table's time of timed layer `index` at these widths."""

@@ -217,13 +217,20 @@ class Selector:
     def plan(self, target: Target, *, iterations: int = 40) -> Plan:
         """Bisection on the knob: the largest model whose cost is at most the target, or, when the
         allowed widths skip over it, the closest on either side. Given a latency table, the global ranking
-        is the latency knapsack's instead, whatever the target: importance lost per millisecond saved."""
-        if self.latency is not None and self.ranking == "global":
-            by_time = target.kind == "layer_time"
-            goal = target.fraction * (priced_by(self.latency).dense_ms if by_time else 1.0)
-            band = [goal * (1 + d * TARGET_TOLERANCE) for d in (0, -1, 1)]
-            measure = None if by_time else functools.partial(self._measure, target)
-            return self._finish(target, LatencyKnapsack(self).widths(*band, measure=measure))
+        is the latency knapsack's instead: to a time, importance lost per millisecond saved; to another target,
+        the fastest plan the table finds that loses no more importance than the bisection's."""
+        if self.latency is None or self.ranking != "global":
+            return self._plan_for(target, self._finished(target, self._bisected(target, iterations)))
+        by_time = target.kind == "layer_time"
+        goal = target.fraction * (priced_by(self.latency).dense_ms if by_time else 1.0)
+        band = [goal * (1 + d * TARGET_TOLERANCE) for d in (0, -1, 1)]
+        if by_time:
+            return self._plan_for(target, self._finished(target, LatencyKnapsack(self).widths(*band)))
+        reference = self._finished(target, self._bisected(target, iterations))
+        kept = LatencyKnapsack(self).fastest(*band, functools.partial(self._measure, target), reference)
+        return self._plan_for(target, self._finished(target, kept))
+
+    def _bisected(self, target: Target, iterations: int) -> list[int]:
         low, high = 0.0, 1.0 if self.ranking != "global" else self._global_ceiling()
         best = (abs(self._measure(target, self._kept_for(low)) - target.fraction), low)
         for _ in range(iterations):
@@ -236,15 +243,15 @@ class Selector:
                 high = middle
         for knob in (low, high):
             best = min(best, (abs(self._measure(target, self._kept_for(knob)) - target.fraction), knob))
-        return self._finish(target, self._kept_for(best[1]))
+        return self._kept_for(best[1])
 
-    def _finish(self, target: Target, kept: list[int]) -> Plan:
-        """The plan for `kept`, refined towards the target first when it is outside the tolerance."""
+    def _finished(self, target: Target, kept: list[int]) -> list[int]:
+        """`kept`, refined towards the target first when it is outside the tolerance."""
         error = abs(self._measure(target, kept) - target.fraction)
         if error > TARGET_TOLERANCE * target.fraction and self.ranking != "uniform":  # refining breaks uniformity
             kept = self._refine(target, kept)
             kept = self._nearest_within_tolerance(target, kept) or kept
-        return self._plan_for(target, kept)
+        return kept
 
     def _global_ceiling(self) -> float:
         return max((float(n[-1]) for n in self.sorted_normalised if n.size), default=0.0) + 1.0

@@ -52,7 +52,8 @@ def add_arguments(parser) -> None:
                         help="which channels go: by importance alone (macs), or by importance lost per millisecond "
                              "saved in a per-layer latency table timed first on --backend at --batch (cached), which "
                              "cuts channels where the time goes; with --macs/--params/--channels the target stays "
-                             "what it is. Default: latency for a budget on the cuda backend, else macs")
+                             "what it is, reached by the fastest plan the table finds that loses no more importance "
+                             "than the MACs choice. Default: latency for a budget on the cuda backend, else macs")
     flags.add_measurement(parser, runs=RUNS, what="--speedup/--latency-ms (batch 1; a candidate that meets the "
                                                       "budget is confirmed with 4x the runs)")
     flags.add_budget_backend(parser)
