@@ -105,15 +105,22 @@ class LatencyKnapsack:
                 reference: list[int]) -> list[int]:
         """At a target other than time (MACs, say; `measure`: kept widths -> its fraction): the plan the table
         says is fastest among those within [low, high] that lose no more importance than `reference` (the MACs
-        choice's widths), `reference` among them. The candidates are the covering greedy's at growing weights
-        of importance against time (covering_order); the first whose plan loses no more than `reference` is
-        the fastest the weights give, since a larger weight buys importance back with time."""
+        choice's widths): `reference` itself, the plan of the least importance per millisecond, and the covering
+        greedy's (covering_order) at growing weights of importance against time, up to the first whose plan loses
+        no more than `reference`: the fastest the weights give, since a larger weight buys importance with time."""
         budget = self.lost(reference)
+
+        def allowed(kept: list[int]) -> bool:
+            return self.lost(kept) <= budget and low <= measure(kept) <= high
+
+        per_ms = self.widths(goal, low, high, measure)
+        found = [reference, per_ms] if allowed(per_ms) else [reference]
         for weight in COVERING_WEIGHTS:
             kept = self.widths(goal, low, high, measure, order=self.covering_order(weight))
-            if self.lost(kept) <= budget and low <= measure(kept) <= high:
-                return min((reference, kept), key=lambda plan: self.latency.ms(self.selector._mask(plan)[0]))
-        return reference
+            if allowed(kept):
+                found.append(kept)
+                break
+        return min(found, key=lambda kept: self.latency.ms(self.selector._mask(kept)[0]))  # ties: the reference
 
     def covering_order(self, weight: float) -> Callable[[Drop], tuple[float, int]]:
         """A target of MACs must be reached, and each drop gets there by the MACs it removes: a drop's price is
