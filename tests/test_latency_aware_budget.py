@@ -187,7 +187,8 @@ def test_the_cli_spends_a_macs_target_where_the_table_says_time_goes(resnet, tim
         code = main(["prune", saved, "--macs", "0.5", "--choose-by", choice, "--importance", "l2", "-o", str(out)])
         assert code == 0, capsys.readouterr().err
         written[choice] = (Program.load(out / "model.pt2"), json.loads((out / "report.json").read_text()))
-    assert "latency table on ort at batch 1" in capsys.readouterr().out and timer.calls > 0
+    printed = capsys.readouterr().out
+    assert "latency table on ort at batch 1" in printed and timer.calls > 0
     dense_macs = count(resnet).macs
     for program, _ in written.values():
         assert count(program).macs / dense_macs == pytest.approx(0.5, rel=0.03)
@@ -196,6 +197,9 @@ def test_the_cli_spends_a_macs_target_where_the_table_says_time_goes(resnet, tim
     assert time_report["round_to"] == StandIn.round_to and macs_report["round_to"] == 8
     assert "table_ms" in time_report["target"] and "table_ms" not in macs_report["target"]
     assert "latency table" in time_report["seconds"]
+    table = time_report["target"]["table_ms"]  # the MACs choice's plan priced by the same table: no slower
+    assert table["planned"] <= table["without_table"] < table["dense"]
+    assert f"{table['planned']:.3f} ms chosen by latency, {table['without_table']:.3f} ms chosen by MACs" in printed
 
 
 def test_the_python_api_times_a_table_that_a_macs_target_takes(resnet, timer, tmp_path):
@@ -259,7 +263,7 @@ def test_the_cli_on_a_gpu_keeps_the_macs_asked_and_spends_them_by_the_cuda_table
     report = json.loads((out / "report.json").read_text())
     assert count(Program.load(out / "model.pt2")).macs / count(resnet).macs == pytest.approx(0.5, rel=0.03)
     table = report["target"]["table_ms"]
-    assert 0 < table["planned"] < table["dense"] and "latency table" in report["seconds"]
+    assert 0 < table["planned"] <= table["without_table"] < table["dense"] and "latency table" in report["seconds"]
 
 
 @pytest.mark.gpu

@@ -49,7 +49,8 @@ class Plan:
     predicted: Cost
     achieved: float                 # the fraction kept, in the target's unit (MACs, params, channels, ms)
     target_met: bool
-    table_ms: dict | None = None    # with a latency table: the dense and planned time of the timed layers
+    table_ms: dict | None = None    # with a latency table: the dense and planned time of the timed layers, and at
+    #                                 a target other than time the time of the plan the target gives without it
     ms_saved: list[float] | None = None  # with a latency table: per group, see ms_saved_per_group
     at_floor: bool = False          # every group at its smallest allowed width: no smaller target cuts more
 
@@ -228,7 +229,7 @@ class Selector:
             return self._plan_for(target, self._finished(target, LatencyKnapsack(self).widths(*band)))
         reference = self._finished(target, self._bisected(target, iterations))
         kept = LatencyKnapsack(self).fastest(*band, functools.partial(self._measure, target), reference)
-        return self._plan_for(target, self._finished(target, kept))
+        return self._plan_for(target, self._finished(target, kept), without_table=reference)
 
     def _bisected(self, target: Target, iterations: int) -> list[int]:
         low, high = 0.0, 1.0 if self.ranking != "global" else self._global_ceiling()
@@ -318,7 +319,7 @@ class Selector:
                     moved[first], moved[second] = width_first, width_second
                     yield moved
 
-    def _plan_for(self, target: Target, kept: list[int]) -> Plan:
+    def _plan_for(self, target: Target, kept: list[int], without_table: list[int] | None = None) -> Plan:
         mask, removed = self._mask(kept)
         predicted = self.cost_model.cost(mask)
         achieved = self._fraction(target, kept, predicted)
@@ -327,4 +328,6 @@ class Selector:
         if self.latency is None:
             return Plan(kept, removed, predicted, achieved, met, at_floor=at_floor)
         table_ms = {"dense": round(self.latency.dense_ms, 6), "planned": round(self.latency.ms(mask), 6)}
+        if without_table is not None:
+            table_ms["without_table"] = round(self.latency.ms(self._mask(without_table)[0]), 6)
         return Plan(kept, removed, predicted, achieved, met, table_ms, ms_saved_per_group(self, kept), at_floor)

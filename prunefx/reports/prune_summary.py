@@ -27,6 +27,7 @@ def summary_lines(report: dict, output: Path, batch: int = 1) -> list[str]:
         lines += search_lines(budget, chosen=f"after {counted(measured_candidates(budget), 'candidate')}")
     lines.append(macs_line(report["macs_before"], report["macs_after"], batch))
     lines.append(f"params {report['params_before'] / 1e6:.2f} M -> {report['params_after'] / 1e6:.2f} M ({params:.3f})")
+    lines += _table_line((report.get("target") or {}).get("table_ms"))
     blocked_by = sorted({op for block in report["blocked"] for op in block["operators"]})
     lines.append(f"groups {changed} of {len(report['groups'])} narrowed; {len(report['blocked'])} blocked"
                  + (f" by {', '.join(blocked_by)}" if blocked_by else ""))
@@ -50,6 +51,17 @@ def summary_lines(report: dict, output: Path, batch: int = 1) -> list[str]:
         written.append(output / report["module"]["file"])
     lines.append(f"wrote {', '.join(map(str, written))}")
     return lines
+
+
+def _table_line(table_ms: dict | None) -> list[str]:
+    """What the latency table predicted for the widths chosen by it (--choose-by latency at a MACs target), beside
+    the widths the target gives without it: the time of the timed layers (convolutions and linear layers)."""
+    if not table_ms or "without_table" not in table_ms:
+        return []
+    dense, planned, without = table_ms["dense"], table_ms["planned"], table_ms["without_table"]
+    same = " (the same widths: no faster choice lost no more importance)" if planned == without else ""
+    return [f"table  {dense:.3f} ms -> {planned:.3f} ms chosen by latency, {without:.3f} ms chosen by MACs{same} "
+            "(the timed layers)"]
 
 
 def _too_few_rows(layers: list[dict]) -> list[str]:
