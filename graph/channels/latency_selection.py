@@ -9,11 +9,9 @@ backend's time often falls in stairs, and a single step on a stair saves nothing
 to land within the tolerance of the target where one does (the fewest importance lost among those);
 a drop that saves no time is never taken.
 
-To a target of MACs (parameters, channels) the same greedy covers the MACs instead, each drop priced by the
-importance it loses less the time it saves, per MAC it removes (`fastest`): of the plans it gives at several
-weights of importance against time, and the threshold choice's own plan, the fastest by the table that loses
-no more importance than the threshold choice. Ordered by importance per millisecond alone, the cuts reach a
-MACs target in the layers fast per MAC (a residual stream read by every block), slower than MACs chosen alone.
+To a target of MACs (parameters, channels), `fastest`: the fastest plan by the table that loses no more
+importance than the threshold choice's own, drops priced by importance lost less time saved per MAC removed
+(by importance per millisecond alone, the cuts reach the MACs in layers fast per MAC: docs/algorithms.md).
 
 A drop of one group changes only the layers it touches, so after each drop only the groups that share a
 layer with it are priced again. A group holding no grid factor class (no head) takes nothing along when it
