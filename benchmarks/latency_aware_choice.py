@@ -21,6 +21,8 @@ of both timed against the dense model's round by round (--rounds
 rounds, each timing both choices, in an order that turns each round), so that a machine that slows down for a
 while slows both alike; each choice's speed-up is the runtime's statistic over its rounds (common.side_by_side:
 the ratio of the pooled medians, with its 90 % interval over the rounds, as `prunefx bench --vs` gives it).
+Part 3, accuracy at equal MACs (part 1's models and pruning): both choices at each --accuracy-macs fraction of the
+MACs, the latency choice with the table at that MACs target; the measured speed-up and one-shot test accuracy.
 
 --smoke runs every step on untrained models with tiny settings (batches of 16, 256 test images, 2 candidates,
 5 timed runs; its figures mean nothing) and writes under build/latency_aware_choice/smoke unless --results
@@ -140,7 +142,7 @@ def search(dense: Program, choice: str, goal: float, table, timing: Timing, args
     return {**best, "reached": bool(reached), "candidates": len(tried)}
 
 
-def accuracy_rows(model: str, args, data) -> tuple[dict, list[dict]]:
+def accuracy_rows(model: str, args, data) -> tuple[dict, list[dict], list[dict]]:
     if args.smoke:
         torch.manual_seed(args.seed)
         dense = capture(build_model(f"prunefx:{model}").module, next(iter(data.train))[0], name=model).eval()
@@ -162,7 +164,25 @@ def accuracy_rows(model: str, args, data) -> tuple[dict, list[dict]]:
                              "macs_kept": count(program).macs / count(dense).macs,
                              "test_accuracy": evaluate(program.eval(), data.test)["accuracy"],
                              "seconds": time.perf_counter() - started})
-    return {**info, "table": {"measured": table.measured, "cached": table.cached}}, rows
+        at_macs = [at_equal_macs(dense, fraction, table, timing, args, calibration, data)
+                   for fraction in args.accuracy_macs]
+    return {**info, "table": {"measured": table.measured, "cached": table.cached}}, rows, [
+        {"model": model, **row} for rows_at in at_macs for row in rows_at]
+
+
+def at_equal_macs(dense: Program, fraction: float, table, timing: Timing, args, calibration, data) -> list[dict]:
+    """Part 3: both choices at `fraction` of the MACs (the latency choice with the table at that MACs target), each
+    with its measured speed-up and one-shot test accuracy, pruned as part 1 prunes."""
+    rows = []
+    for choice in CHOICES:
+        extra = {"latency_table": table} if choice == "latency" else {}
+        removed = remove_channels(dense.clone(), config={"macs": fraction, "round_to": args.round_to,
+                                                         "calibration": calibration, "strict": False, **extra})
+        program = recalibrate_batchnorm(removed.program, config={"data": calibration}).program
+        rows.append({"macs": fraction, "choice": choice, **timing.speedup(program),
+                     "macs_kept": count(program).macs / count(dense).macs,
+                     "test_accuracy": evaluate(program.eval(), data.test)["accuracy"]})
+    return rows
 
 
 def equal_macs_rows(model: str, args) -> list[dict]:
@@ -210,6 +230,11 @@ def markdown(report: dict) -> str:
                  + ("" if r["reached"] else " (not reached)"), f"{r['macs_kept']:.3f}",
                  f"**{100 * r['test_accuracy']:.2f}**"] for r in report["accuracy"] if r["model"] == model]
         lines += [markdown_table(["speed-up asked", "choice", "fraction", "measured", "MACs kept", "test %"], rows), ""]
+        rows = [[f"{r['macs']:g}", r["choice"], f"{r['macs_kept']:.3f}", f"{r['speedup']:.2f}x",
+                 f"**{100 * r['test_accuracy']:.2f}**"] for r in report.get("accuracy_at_macs", []) if r["model"] == model]
+        if rows:
+            lines += ["At equal MACs (part 3):\n",
+                      markdown_table(["MACs asked", "choice", "MACs kept", "measured", "test %"], rows), ""]
     if report["equal_macs"]:
         lines.append("## Speed-up at equal MACs (random weights, l2 importance)\n")
         rows = [[r["model"], r["choice"], f"{r['macs_kept']:.3f}", f"{r['dense_ms']:.2f}", f"{r['ms']:.2f}",
@@ -250,6 +275,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--equal-macs", nargs="*", default=None, choices=list(ZOO),
                         help="part 2 on these models (all when given alone)")
     parser.add_argument("--macs", type=float, default=0.5, help="the MACs fraction of part 2")
+    parser.add_argument("--accuracy-macs", nargs="*", type=float, default=[0.7, 0.5],
+                        help="part 3: the MACs fractions at which both choices' accuracy is compared")
     parser.add_argument("--round-to", type=int, default=None, help="default: ONNX Runtime's multiple on this CPU")
     parser.add_argument("--steps", type=int, default=6, help="candidates measured per choice and speed-up")
     parser.add_argument("--runs", type=int, default=100)
@@ -270,6 +297,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.equal_macs = list(ZOO)
     if args.smoke:
         args.speedups, args.steps, args.runs, args.warmup, args.table_runs, args.points = [1.2], 2, 5, 1, 3, 2
+        args.accuracy_macs = [0.5]
         args.rounds = 2
         args.results = args.results or CACHE / "smoke"
     return args
@@ -279,14 +307,16 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     report = {"command": command_line(), "machine": machine_info(threads=args.threads), "smoke": args.smoke,
-              "round_to": args.round_to, "threads": args.threads, "baselines": {}, "accuracy": [], "equal_macs": []}
+              "round_to": args.round_to, "threads": args.threads, "baselines": {}, "accuracy": [], "accuracy_at_macs": [],
+              "equal_macs": []}
     if args.models:
         data = fashion_mnist_data(16 if args.smoke else 128, validation=5000, seed=args.seed)
         if args.smoke:  # batches of 16, 256 test images
             data = dataclasses.replace(data, test=[batch for batch, _ in zip(data.test, range(16))])
         for model in args.models:
-            report["baselines"][model], rows = accuracy_rows(model, args, data)
+            report["baselines"][model], rows, at_macs = accuracy_rows(model, args, data)
             report["accuracy"] += rows
+            report["accuracy_at_macs"] += at_macs
     for model in args.equal_macs or ():
         report["equal_macs"] += equal_macs_rows(model, args)
     json_path, md_path = write_results(NAME, report, markdown(report), folder=args.results or RESULTS)

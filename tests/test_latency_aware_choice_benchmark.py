@@ -34,6 +34,10 @@ def test_the_smoke_run_writes_a_row_per_model_choice_and_speedup(tmp_path, monke
                                                                                           ("latency", 1.2)]
     for row in report["accuracy"]:
         assert row["speedup"] > 0 and 0 < row["macs_kept"] <= 1 and 0 <= row["test_accuracy"] <= 1
+    assert [(r["model"], r["macs"], r["choice"]) for r in report["accuracy_at_macs"]] == [
+        ("resnet20", 0.5, "macs"), ("resnet20", 0.5, "latency")]
+    for row in report["accuracy_at_macs"]:
+        assert row["speedup"] > 0 and 0 < row["macs_kept"] <= 1 and 0 <= row["test_accuracy"] <= 1
     assert [r["choice"] for r in report["equal_macs"]] == ["macs", "latency"]
     assert all(len(r["round_speedups"]) == 2 for r in report["equal_macs"])  # the smoke run's 2 rounds
     by_macs, by_time = report["equal_macs"]
@@ -42,6 +46,7 @@ def test_the_smoke_run_writes_a_row_per_model_choice_and_speedup(tmp_path, monke
     assert "Smoke run" in (tmp_path / "latency_aware_choice.md").read_text()
     # the searches time TorchScript files, as prunefx's do; the published equal-MACs rows the files it delivers
     assert set(exporters[:-3]) == {"torchscript"} and exporters[-3:] == ["dynamo"] * 3
+    assert "At equal MACs (part 3)" in (tmp_path / "latency_aware_choice.md").read_text()
 
 
 def test_equal_macs_choices_are_timed_round_by_round_against_the_dense_model(monkeypatch):
