@@ -286,3 +286,28 @@ def test_each_drop_saves_what_the_whole_plan_priced_anew_says(model):
             knapsack.counted[group] = counted
             checked += len(found)
     assert checked > 10 and any(c is not None for c in knapsack.counted)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_landing_search_finds_every_drop_that_lands_measuring_few(seed):
+    """A count (MACs, say) rises with the width kept: bisection at the run's two ends gives the same drops as trying
+    every one (the oracle), with far fewer plans counted. A table's time may not rise with the width: every drop is
+    tried there."""
+    from prunefx.graph.channels.latency_selection import Drop, _landing
+
+    rng = np.random.default_rng(seed)
+    drops = [Drop(0, width, 0.0, 1.0) for width in range(8, 8 * 201, 8)]  # narrowest first, as _drops lists them
+    rising = dict(zip((d.width for d in drops), np.cumsum(rng.random(len(drops)))))
+    low, high = np.quantile(list(rising.values()), sorted(rng.random(2)))
+    calls = []
+
+    def after(drop):
+        calls.append(drop)
+        return rising[drop.width]
+
+    expected = [d for d in drops if low <= rising[d.width] <= high]
+    assert _landing(drops, after, low, high, counted=True) == expected
+    assert len(calls) <= 2 * (int(np.log2(len(drops))) + 2) < len(drops)
+    jagged = {d.width: float(v) for d, v in zip(drops, rng.permutation(list(rising.values())))}
+    assert _landing(drops, lambda d: jagged[d.width], low, high, counted=False) == [
+        d for d in drops if low <= jagged[d.width] <= high]

@@ -20,6 +20,7 @@ narrows, so its drops are priced from counts: each touched layer loses the group
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -90,9 +91,11 @@ class LatencyKnapsack:
             if landed < low:  # past the target's tolerance: land in it if a drop can
                 if current <= high:
                     break
-                landing = [(d, value) for group_drops in drops for d in group_drops
-                           if low <= (value := after(d)) <= high]
-                best, landed = min(landing, key=lambda pair: (pair[0].lost, -pair[0].width), default=(best, landed))
+                landing = [d for group_drops in drops
+                           for d in _landing(group_drops, after, low, high, counted=measure is not None)]
+                if landing:
+                    best = min(landing, key=lambda d: (d.lost, -d.width))
+                    landed = after(best)
             kept[best.group] = best.width
             current = landed
             for h in self.neighbours[best.group]:
@@ -189,6 +192,24 @@ class LatencyKnapsack:
             pairs = list(zip(left[0::2].tolist(), left[1::2].tolist()))
             times = [self.latency.time_at(layer, *pair) for layer, pair in zip(layers, pairs)]
             yield width, np.array(times, dtype=np.float64).sum(), self._macs(layers, pairs)  # summed as layer_ms's are
+
+
+def _landing(drops: list[Drop], after: Callable[[Drop], float], low: float, high: float, counted: bool) -> list[Drop]:
+    """The drops of one group (narrowest width first) after which the measure lands in [low, high]. A count (MACs,
+    parameters, channels) rises with the width kept, so those drops are one run, found by bisection at its two ends:
+    few plans counted, not every drop's. A table's time need not rise with the width: every drop is tried."""
+    if not counted:
+        return [drop for drop in drops if low <= after(drop) <= high]
+    measured: dict[int, float] = {}
+
+    def value(index: int) -> float:
+        if index not in measured:
+            measured[index] = after(drops[index])
+        return measured[index]
+
+    start = bisect.bisect_left(range(len(drops)), True, key=lambda index: value(index) >= low)
+    stop = bisect.bisect_left(range(start, len(drops)), True, key=lambda index: value(index) > high) + start
+    return drops[start:stop]
 
 
 def _dropped(kept: list[int], drop: Drop) -> list[int]:

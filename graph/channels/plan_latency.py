@@ -244,7 +244,8 @@ class PlanLatency:
         layer = self.layers[index]
         if not layer.in_channels or not layer.out_channels:
             return 0.0
-        reads = in_width / layer.resized(in_width, out_width).groups
+        depthwise = layer.groups > 1 and layer.groups == layer.in_channels  # as `resized` keeps it
+        reads = 1 if depthwise else in_width / layer.groups
         return self.dense_macs[index] * reads / (layer.in_channels / layer.groups) * out_width / layer.out_channels
 
     def time_at(self, index: int, in_width: int, out_width: int) -> float:
