@@ -106,7 +106,7 @@ RUNS = (
     Run("budget_choice", "budget_choice", minutes=30),
     Run("combing_time", "combing_time", minutes=1),
     Run("gelu_opset", "gelu_opset", minutes=4, guessed=True),
-    Run("latency_choice_speed", "latency_choice_speed", minutes=2),
+    Run("latency_choice_speed", "latency_choice_speed", minutes=4),
     Run("data_loading", "data_loading", minutes=2),
     Run("data_loading_routes", "data_loading",
         ("--canvases", "128", "--rounds", "4", "--stream", "0", "--results-name", "data_loading_routes"),
