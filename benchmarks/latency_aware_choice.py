@@ -173,12 +173,12 @@ def accuracy_rows(model: str, args, data) -> tuple[dict, list[dict], list[dict]]
 def at_equal_macs(dense: Program, fraction: float, table, timing: Timing, args, calibration, data) -> list[dict]:
     """Part 3: both choices at `fraction` of the MACs (the latency choice with the table at that MACs target), each
     with its measured speed-up and one-shot test accuracy, pruned as part 1 prunes."""
+    options = {"round_to": args.round_to, "calibration": calibration}
+    pruned = {"macs": prune(dense, "macs", fraction, table, options).program,
+              "latency": table_fraction.at_macs(dense, table, fraction, options)[0]}
     rows = []
     for choice in CHOICES:
-        extra = {"latency_table": table} if choice == "latency" else {}
-        removed = remove_channels(dense.clone(), config={"macs": fraction, "round_to": args.round_to,
-                                                         "calibration": calibration, "strict": False, **extra})
-        program = recalibrate_batchnorm(removed.program, config={"data": calibration}).program
+        program = recalibrate_batchnorm(pruned[choice], config={"data": calibration}).program
         rows.append({"macs": fraction, "choice": choice, **timing.speedup(program),
                      "macs_kept": count(program).macs / count(dense).macs,
                      "test_accuracy": evaluate(program.eval(), data.test)["accuracy"]})

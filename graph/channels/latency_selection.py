@@ -171,8 +171,8 @@ class LatencyKnapsack:
         return float(sum(self.latency.macs_at(layer, int(a), int(b)) for layer, (a, b) in zip(layers, widths)))
 
     def _trial_times(self, planned: np.ndarray, surviving: tuple, group: int, layers: list[int], kept: int):
-        """(width, the touched layers' time) for each allowed width of `group` narrower than `kept`, the others
-        as `planned`: a width's removal is the plan's with the group's next least important classes added.
+        """(width, the touched layers' time, their MACs) for each allowed width of `group` narrower than `kept`, the
+        others as `planned`: a width's removal is the plan's with the group's next least important classes added.
         `surviving`: the plan's surviving classes and the touched layers' widths."""
         narrower = [int(width) for width in self.selector.widths[group] if width < kept]
         size, ranked, counted = self.selector.combing.groups[group].size, self.ranked[group], self.counted[group]
