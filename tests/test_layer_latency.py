@@ -223,13 +223,17 @@ def test_the_layers_of_a_program_with_their_geometry(tmp_path):
     TimedLayer("c", "conv2d", (1, 8, 9, 9), 6, True, (3, 3), (2, 2), (0, 1, 2, 1), (1, 1), 2),
     TimedLayer("d", "conv2d", (2, 8, 7, 7), 8, False, (3, 3), (1, 1), (1, 1, 1, 1), (2, 2), 8),
     TimedLayer("l", "linear", (2, 5, 12), 7, True),
+    TimedLayer("a", "attention", (2, 3, 5, 8), 8, False),
 ])
 def test_the_one_layer_models_compute_the_layer(layer):
-    """The ONNX model and the torch module both compute what torch's own functional layer computes."""
+    """The ONNX model and the torch module both compute what torch's own functional layer computes (an attention:
+    its formula written out)."""
     module = LayerModule(layer)
     x = torch.randn(layer.input_shape)
     w, b = module.weight, module.bias
-    if layer.kind == "linear":
+    if layer.kind == "attention":
+        expected = torch.softmax(x @ x.transpose(-1, -2) / layer.out_channels ** 0.5, dim=-1) @ x
+    elif layer.kind == "linear":
         expected = F.linear(x, w, b)
     else:
         top, left, bottom, right = layer.padding
@@ -556,6 +560,31 @@ def test_a_linear_layer_s_4d_input_is_timed_contiguous_with_the_same_rows():
     assert probe.is_contiguous() and probe.shape == (2, 49, 96)
     assert F.linear(probe, torch.zeros(384, 96, dtype=torch.float16)).numel() == 2 * 7 * 7 * 384
     assert probe_shape(CONV) == CONV.input_shape  # a convolution's input stays 4-D (and channels_last)
+
+
+class Attention(torch.nn.Module):
+    """Self-attention over 3 heads of 8 dims, and the same with a mask, causal, and across two token counts."""
+
+    def forward(self, x, memory):
+        q, m = x.view(1, 5, 3, 8).transpose(1, 2), memory.view(1, 7, 3, 8).transpose(1, 2)
+        sdpa = F.scaled_dot_product_attention
+        return (sdpa(q, q, q), sdpa(q, q, q, attn_mask=torch.ones(5, 5, dtype=torch.bool)), sdpa(q, q, q, is_causal=True),
+                sdpa(q, m, m))
+
+
+def test_self_attention_is_timed_on_a_grid_of_heads_and_head_dims(tmp_path):
+    """Only the plain self-attention is timed (the timers run q, k and v as one input); its grid steps through
+    heads one at a time, and through head dims by the width multiple; its 3-D probe is the 4-D q as a view."""
+    from prunefx.runtime.cuda.layer_timer import probe_shape
+
+    program = capture(Attention().eval(), (torch.randn(1, 5, 24), torch.randn(1, 7, 24)))
+    (attention,) = [layer for layer in timed_layers(program.module) if layer.kind == "attention"]
+    assert (attention.input_shape, attention.in_channels, attention.out_channels) == ((1, 3, 5, 8), 3, 8)
+    assert attention.resized(2, 4).input_shape == (1, 2, 5, 4)
+    table = build_latency_table([attention], FakeTimer(), multiple=4, max_ratio=0.7, cache_dir=tmp_path)
+    assert (table.grids[attention.name].in_widths, table.grids[attention.name].out_widths) == ((1, 2, 3), (4, 8))
+    probe = torch.randn(probe_shape(attention))
+    assert probe.shape == (3, 5, 8) and LayerModule(attention)(probe).shape == (1, 3, 5, 8)
 
 
 def test_a_cache_that_cannot_be_saved_still_gives_the_table_just_timed(caplog):

@@ -56,8 +56,11 @@ class LatencyKnapsack:
         self.epsilon = 1e-9 * max(self.latency.dense_ms, 1e-12)  # a saving below this is none
         self.ranked = [group.classes[order] for group, order in zip(selector.combing.groups, selector.orders)]
         taking_along = selector.combing.analysis.factor_slices.taking_along
-        self.counted = [None if np.isin(ranked, taking_along).any() else self._occurrences(ranked, group)
-                        for group, ranked in enumerate(self.ranked)]
+        # heads among a group's classes (what goes along is expand_mask's to find), or an attention's mean head dim
+        # among its widths: its plans' widths are found by `widths`, not by counting its classes
+        averaged = {layer for layer in range(len(self.latency.layers)) if self.latency.parts[2 * layer + 1] > 1}
+        self.counted = [None if np.isin(ranked, taking_along).any() or self.touched[group] & averaged
+                        else self._occurrences(ranked, group) for group, ranked in enumerate(self.ranked)]
 
     def _touched_layers(self) -> list[set[int]]:
         """The timed layers each group narrows: those whose widths change when all its channels go."""
@@ -176,7 +179,7 @@ class LatencyKnapsack:
         `surviving`: the plan's surviving classes and the touched layers' widths."""
         narrower = [int(width) for width in self.selector.widths[group] if width < kept]
         size, ranked, counted = self.selector.combing.groups[group].size, self.ranked[group], self.counted[group]
-        if counted is None:  # heads among its classes: what goes along is expand_mask's to find
+        if counted is None:  # widths not counted from its classes (see __init__)
             for width in narrower:
                 trial = planned.copy()
                 trial[ranked[: size - width]] = True

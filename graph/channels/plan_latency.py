@@ -1,12 +1,12 @@
 """The time of a channel-removal plan, predicted from a per-layer latency table without touching the graph.
 
 The caller hands in the table: a callable `(layer, in_channels, out_channels) -> ms` that gives the time of
-one timed layer (a 2-D convolution or a linear layer, described by `TimedLayer`) at those widths; the
-runtime measures one (runtime/tables/table.py), a test writes one by hand. A plan's time is the sum over
-the timed layers of their time at the widths the plan leaves them: the surviving widths of the layer's
-input and weight, the same ones the MACs prediction reads (plan_cost.py). Other operators (norms,
-activations, pooling, attention products) are not in the sum: the table prices what channel removal
-changes most, and a whole-model measurement is what confirms a speed-up.
+one timed layer (a 2-D convolution, a linear layer or a self-attention, described by `TimedLayer`) at those
+widths; the runtime measures one (runtime/tables/table.py), a test writes one by hand. A plan's time is the
+sum over the timed layers of their time at the widths the plan leaves them: the surviving widths of the
+layer's input and weight (an attention's heads and head dims), the same ones the MACs prediction reads
+(plan_cost.py). Other operators (norms, pooling, adds, layout changes) are not in the sum: the table prices
+what channel removal changes most, and a whole-model measurement is what confirms a speed-up.
 """
 
 from __future__ import annotations
@@ -25,17 +25,19 @@ from prunefx.graph.errors import PrunefxError
 
 aten = torch.ops.aten
 _CONV2D = {aten.conv2d.default, aten.conv2d.padding, aten.convolution.default}
+_ATTENTION = aten.scaled_dot_product_attention.default
 
 
 @dataclass(frozen=True)
 class TimedLayer:
     """One layer a latency table times: its kind and geometry at some widths (the dense ones as found in
-    the graph; `resized` gives it at others). A backend builds a one-layer model from this alone."""
+    the graph; `resized` gives it at others). A backend builds a one-layer model from this alone. An attention's
+    widths are its heads (in) and head dim (out): q, k and v of one shape, softmax(q kᵀ / sqrt(dim)) v."""
 
     name: str                        # the graph node
-    kind: str                        # "conv2d" or "linear"
-    input_shape: tuple[int, ...]     # [N, C, H, W] for conv2d, [..., C] for linear
-    out_channels: int
+    kind: str                        # "conv2d", "linear" or "attention"
+    input_shape: tuple[int, ...]     # [N, C, H, W] for conv2d, [..., C] for linear, q's [N, heads, tokens, dim]
+    out_channels: int                # an attention's head dim
     bias: bool
     kernel: tuple[int, ...] = ()
     stride: tuple[int, ...] = ()
@@ -47,13 +49,15 @@ class TimedLayer:
 
     @property
     def in_channels(self) -> int:
-        return self.input_shape[1] if self.kind == "conv2d" else self.input_shape[-1]
+        return self.input_shape[-1] if self.kind == "linear" else self.input_shape[1]
 
     def resized(self, in_channels: int, out_channels: int) -> TimedLayer:
         """This layer with other widths: a depthwise convolution stays depthwise (its group count follows its
         channels, as the removal rewrites it); other grouped convolutions keep their group count."""
         shape = list(self.input_shape)
-        shape[1 if self.kind == "conv2d" else -1] = in_channels
+        shape[-1 if self.kind == "linear" else 1] = in_channels
+        if self.kind == "attention":
+            shape[-1] = out_channels
         depthwise = self.groups > 1 and self.groups == self.in_channels
         return replace(self, input_shape=tuple(shape), out_channels=out_channels,
                        groups=in_channels if depthwise else self.groups)
@@ -76,8 +80,9 @@ LayerTime = Callable[[TimedLayer, int, int], float]  # (dense layer, in width, o
 
 
 def timed_layers(module: torch.fx.GraphModule) -> list[TimedLayer]:
-    """Every 2-D convolution and linear layer of the graph whose shapes the metadata records, at its dense
-    widths. Transposed, 1-D and 3-D convolutions and matrix products of activations are not timed."""
+    """Every 2-D convolution, linear layer and self-attention (`_attention`) of the graph whose shapes the
+    metadata records, at its dense widths. Transposed, 1-D and 3-D convolutions, attention spelled out as
+    matrix products and other products of activations are not timed."""
     layers, batch = [], _model_batch(module)
     for node in module.graph.nodes:
         if node.op != "call_function":
@@ -86,10 +91,13 @@ def timed_layers(module: torch.fx.GraphModule) -> list[TimedLayer]:
             layer = _convolution(node)
         elif node.target is aten.linear.default:
             layer = _linear(node)
+        elif node.target is _ATTENTION:
+            layer = _attention(node)
         else:
             continue
         if layer is not None:
-            layers.append(replace(layer, epilogue=epilogue(node, norm=layer.kind == "conv2d"), batch=batch))
+            found = epilogue(node, norm=layer.kind == "conv2d") if layer.kind != "attention" else ()
+            layers.append(replace(layer, epilogue=found, batch=batch))
     return layers
 
 
@@ -178,6 +186,26 @@ def _linear(node: torch.fx.Node) -> TimedLayer | None:
     return TimedLayer(node.name, "linear", source, int(weight[0]), _argument(node, 2, "bias", None) is not None)
 
 
+def _attention(node: torch.fx.Node) -> TimedLayer | None:
+    """A scaled_dot_product_attention whose q, k and v have one 4-D shape, without a mask, causality, dropout or
+    grouped heads: what the timers run on one input (a custom scale does not change its time). Others are not timed."""
+    shapes = [_shape(arg) for arg in node.args[:3]]
+    if len(shapes) < 3 or shapes[0] is None or len(shapes[0]) != 4 or not shapes[0] == shapes[1] == shapes[2]:
+        return None
+    plain = (_argument(node, 3, "attn_mask", None) is None and not _argument(node, 4, "dropout_p", 0.0)
+             and not _argument(node, 5, "is_causal", False) and not node.kwargs.get("enable_gqa", False))
+    return TimedLayer(node.name, "attention", shapes[0], shapes[0][-1], False) if plain else None
+
+
+def width_dims(node: torch.fx.Node, layer: TimedLayer) -> tuple[list[tuple], list[tuple]]:
+    """The (tensor, axis) dims whose surviving indices are a timed layer's in and out widths: a layer's input
+    channels and weight rows; an attention's heads, and the head dims of q and v, whose mean is its out width
+    (its two products' MACs go with the mean, and the timers run q, k and v of one width)."""
+    if layer.kind == "attention":
+        return [(node.args[0], 1)], [(node.args[0], -1), (node.args[2], -1)]
+    return [(node.args[0], 1 if layer.kind == "conv2d" else -1)], [(node.args[1], 0)]
+
+
 class PlanLatency:
     """Prices a removal mask in milliseconds: the sum of the table's time of every timed layer at the widths
     the removal leaves it. Lookups are memoised: a search prices the same layer at the same widths often."""
@@ -198,14 +226,16 @@ class PlanLatency:
     def _index_widths(self) -> None:
         """The classes of every timed layer's input-channel dim and output-channel dim, laid end to end, so that
         a plan's widths are one count of surviving classes (a dim without labels keeps its dense width)."""
-        spans, self._fixed = [], []
+        spans, self._fixed, parts = [], [], []
         for node, layer in zip(self.nodes, self.layers):
-            for arg, axis, dense in ((node.args[0], 1 if layer.kind == "conv2d" else -1, layer.in_channels),
-                                     (node.args[1], 0, layer.out_channels)):
-                classes = self.cost_model.dim_classes(arg, axis)
-                spans.append(classes if classes is not None else np.zeros(0, dtype=np.int64))
-                self._fixed.append(None if classes is not None else dense)
+            for dims, dense in zip(width_dims(node, layer), (layer.in_channels, layer.out_channels)):
+                classes = [self.cost_model.dim_classes(arg, axis) for arg, axis in dims]
+                labelled = all(each is not None for each in classes)
+                spans.append(np.concatenate(classes) if labelled else np.zeros(0, dtype=np.int64))
+                self._fixed.append(None if labelled else dense)
+                parts.append(len(dims))
         self.spans = spans  # per layer: its input dim's classes (index 2i), its output dim's (2i + 1)
+        self.parts = np.array(parts, dtype=np.int64)  # the dims a span lays end to end: its width is their mean
         self._span_classes = np.concatenate(spans) if spans else np.zeros(0, dtype=np.int64)
         self._span_bounds = np.concatenate([[0], np.cumsum([span.size for span in spans])]).astype(np.int64)
 
@@ -219,13 +249,14 @@ class PlanLatency:
             return [(self._surviving(survives, 2 * index), self._surviving(survives, 2 * index + 1))
                     for index in which]
         running = np.concatenate([[0], np.cumsum(survives[self._span_classes], dtype=np.int64)])
-        counts = (running[self._span_bounds[1:]] - running[self._span_bounds[:-1]]).tolist()
+        counts = ((running[self._span_bounds[1:]] - running[self._span_bounds[:-1]]) // self.parts).tolist()
         counts = [count if fixed is None else fixed for count, fixed in zip(counts, self._fixed)]
         return list(zip(counts[0::2], counts[1::2]))
 
     def _surviving(self, survives: np.ndarray, span: int) -> int:
         fixed = self._fixed[span]
-        return fixed if fixed is not None else int(np.count_nonzero(survives[self.spans[span]]))
+        return fixed if fixed is not None else int(np.count_nonzero(survives[self.spans[span]])) // int(
+            self.parts[span])
 
     def layer_ms(self, removed_mask: np.ndarray, which: list[int] | None = None) -> np.ndarray:
         """The time of every timed layer (or of those at the indices `which`, in that order) after the removal."""
@@ -240,7 +271,8 @@ class PlanLatency:
 
     def macs_at(self, index: int, in_width: int, out_width: int) -> float:
         """The MACs of timed layer `index` at these widths: its dense MACs scaled by its outputs and by what each
-        output reads (in / groups: one channel for a depthwise convolution at any width)."""
+        output reads (in / groups: one channel for a depthwise convolution at any width); an attention's by its
+        heads and its mean head dim."""
         layer = self.layers[index]
         if not layer.in_channels or not layer.out_channels:
             return 0.0

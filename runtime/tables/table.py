@@ -1,4 +1,4 @@
-"""A per-layer latency table: each timed layer of a Program (2-D convolutions and linear layers, see
+"""A per-layer latency table: each timed layer of a Program (2-D convolutions, linear layers, attention; see
 graph/channels/plan_latency.py) timed on a backend at the widths pruning can give it, cached on disk per
 device, and handed to channel selection as remove_channels' `latency_table` (its `layer_time` target).
 
@@ -173,7 +173,7 @@ def _grid(dense: TimedLayer, timer: LayerTimer, cache: LatencyCache, multiple: i
     tied = dense.groups > 1 and dense.groups == dense.in_channels
     # a grouped convolution runs only at widths its groups divide; a depthwise one has one axis
     step = math.lcm(multiple, dense.groups) if dense.groups > 1 and not tied else multiple
-    ins = grid_widths(dense.in_channels, step, max_ratio, points)
+    ins = grid_widths(dense.in_channels, 1 if dense.kind == "attention" else step, max_ratio, points)  # heads
     outs = (dense.out_channels,) if tied else grid_widths(dense.out_channels, step, max_ratio, points)
     rows, measured, cached = [], 0, 0
     for in_width in ins:

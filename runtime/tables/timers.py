@@ -96,35 +96,57 @@ def _onnx_epilogue(layer: TimedLayer, source: str) -> tuple[list, list]:
     return nodes, initializers
 
 
+def _onnx_attention(layer: TimedLayer, result: str) -> tuple[list, list]:
+    """softmax(q kᵀ / sqrt(dim)) v on x as q, k and v, as torch's exporter writes it: q and kᵀ each scaled by
+    dim^-1/4 (which ONNX Runtime fuses into the product), then the two products around a softmax."""
+    scale = numpy_helper.from_array(np.array(layer.input_shape[-1] ** -0.25, np.float32), "scale")
+    nodes = [helper.make_node("Mul", ["x", "scale"], ["q"]),
+             helper.make_node("Transpose", ["x"], ["kt"], perm=[0, 1, 3, 2]),
+             helper.make_node("Mul", ["kt", "scale"], ["kts"]),
+             helper.make_node("MatMul", ["q", "kts"], ["scores"]),
+             helper.make_node("Softmax", ["scores"], ["p"], axis=-1),
+             helper.make_node("MatMul", ["p", "x"], [result])]
+    return nodes, [scale]
+
+
+def _onnx_convolution(layer: TimedLayer, result: str, lead_in: bool) -> tuple[list, list]:
+    weight, bias = _weights(layer)
+    initializers, inputs, lead = [numpy_helper.from_array(weight, "w")], ["x", "w"], []
+    if lead_in:
+        channels = layer.in_channels
+        initializers.append(numpy_helper.from_array(np.ones((channels, 1, 1, 1), np.float32), "lead_w"))
+        lead = [helper.make_node("Conv", ["x", "lead_w"], ["lead"], kernel_shape=[1, 1], group=channels)]
+        inputs[0] = "lead"
+    if bias is not None:
+        initializers.append(numpy_helper.from_array(bias, "b"))
+        inputs.append("b")
+    return lead + [helper.make_node("Conv", inputs, [result], kernel_shape=list(layer.kernel),
+                                    strides=list(layer.stride), pads=list(layer.padding),
+                                    dilations=list(layer.dilation), group=layer.groups)], initializers
+
+
+def _onnx_linear(layer: TimedLayer, result: str) -> tuple[list, list]:
+    weight, bias = _weights(layer)
+    initializers = [numpy_helper.from_array(np.ascontiguousarray(weight.T), "w")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], [result if bias is None else "m"])]
+    if bias is not None:
+        initializers.append(numpy_helper.from_array(bias, "b"))
+        nodes.append(helper.make_node("Add", ["m", "b"], [result]))
+    return nodes, initializers
+
+
 def layer_model(layer: TimedLayer, *, lead_in: bool = False) -> onnx.ModelProto:
     """A one-layer ONNX model computing `layer`, and its epilogue, on an input `x` of its input shape. `lead_in`:
     a convolution reads its input from a depthwise 1x1 convolution of weight one (the same values), as it reads
     a previous convolution's output inside a model: ONNX Runtime's CPU provider then hands it its blocked layout,
     where straight after the input's reorder a convolution of 16 input channels ran twice as long."""
-    weight, bias = _weights(layer)
-    initializers = []
     result = "t" if layer.epilogue else "y"
-    if layer.kind == "conv2d":
-        initializers.append(numpy_helper.from_array(weight, "w"))
-        inputs = ["x", "w"]
-        lead = []
-        if lead_in:
-            channels = layer.in_channels
-            initializers.append(numpy_helper.from_array(np.ones((channels, 1, 1, 1), np.float32), "lead_w"))
-            lead = [helper.make_node("Conv", ["x", "lead_w"], ["lead"], kernel_shape=[1, 1], group=channels)]
-            inputs[0] = "lead"
-        if bias is not None:
-            initializers.append(numpy_helper.from_array(bias, "b"))
-            inputs.append("b")
-        nodes = lead + [helper.make_node("Conv", inputs, [result], kernel_shape=list(layer.kernel),
-                                         strides=list(layer.stride), pads=list(layer.padding),
-                                         dilations=list(layer.dilation), group=layer.groups)]
+    if layer.kind == "attention":
+        nodes, initializers = _onnx_attention(layer, result)
+    elif layer.kind == "conv2d":
+        nodes, initializers = _onnx_convolution(layer, result, lead_in)
     else:
-        initializers.append(numpy_helper.from_array(np.ascontiguousarray(weight.T), "w"))
-        nodes = [helper.make_node("MatMul", ["x", "w"], [result if bias is None else "m"])]
-        if bias is not None:
-            initializers.append(numpy_helper.from_array(bias, "b"))
-            nodes.append(helper.make_node("Add", ["m", "b"], [result]))
+        nodes, initializers = _onnx_linear(layer, result)
     tail, extra = _onnx_epilogue(layer, result)
     nodes, initializers = nodes + tail, initializers + extra
     graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
@@ -173,15 +195,17 @@ _TORCH_ACTIVATIONS = {"relu": F.relu, "relu6": F.relu6, "silu": F.silu, "gelu": 
 
 
 class LayerModule(torch.nn.Module):
-    """The layer as a module: a convolution (with its own asymmetric padding) or a linear layer, then its
-    epilogue (an inference batch norm, an activation)."""
+    """The layer as a module: a convolution (with its own asymmetric padding), a linear layer or an attention on
+    its input as q, k and v, then its epilogue (an inference batch norm, an activation)."""
 
     def __init__(self, layer: TimedLayer):
         super().__init__()
-        weight, bias = _weights(layer)
         self.layer = layer
-        self.weight = torch.nn.Parameter(torch.from_numpy(weight), requires_grad=False)
-        self.bias = torch.nn.Parameter(torch.from_numpy(bias), requires_grad=False) if bias is not None else None
+        self.weight = self.bias = None
+        if layer.kind != "attention":
+            weight, bias = _weights(layer)
+            self.weight = torch.nn.Parameter(torch.from_numpy(weight), requires_grad=False)
+            self.bias = torch.nn.Parameter(torch.from_numpy(bias), requires_grad=False) if bias is not None else None
         if "batch_norm" in layer.epilogue:
             for name, array in zip(("norm_scale", "norm_shift", "norm_mean", "norm_var"), _norm(layer)):
                 self.register_buffer(name, torch.from_numpy(array))
@@ -200,6 +224,9 @@ class LayerModule(torch.nn.Module):
         layer = self.layer
         if layer.kind == "linear":
             return F.linear(x, self.weight, self.bias)
+        if layer.kind == "attention":  # a view where the input is laid out flat (runtime/cuda/layer_timer.probe_shape)
+            x = x.reshape(layer.input_shape)
+            return F.scaled_dot_product_attention(x, x, x)
         top, left, bottom, right = layer.padding
         if (top, left) != (bottom, right):
             return F.conv2d(F.pad(x, (left, right, top, bottom)), self.weight, self.bias, layer.stride, 0,
