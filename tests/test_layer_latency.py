@@ -454,10 +454,14 @@ def test_a_missing_gpu_is_refused_before_anything_is_timed(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_a_cuda_table_on_a_real_gpu(tmp_path):
+    """A convolution and a ViT-B attention (12 heads of 64 over 197 tokens) on the GPU: every entry a plausible
+    time, and a quarter of the heads faster than all of them (the grid steps through heads)."""
     timer = layer_timer("cuda", Settings(runs=20, warmup=5))
-    table = build_latency_table([CONV], timer, multiple=8, batch=8, cache_dir=tmp_path)
-    assert timer.device == torch.cuda.get_device_name() and table.measured == 4 * 4
-    assert all(0 < ms < 100 for row in table.grids["conv"].ms for ms in row)
+    attention = TimedLayer("attention", "attention", (1, 12, 197, 64), 64, False)
+    table = build_latency_table([CONV, attention], timer, multiple=8, batch=32, cache_dir=tmp_path)
+    assert timer.device == torch.cuda.get_device_name() and table.measured == 4 * 4 + 4 * 4
+    assert all(0 < ms < 100 for grid in table.grids.values() for row in grid.ms for ms in row)
+    assert table(attention, 3, 64) < table(attention, 12, 64)
 
 
 class Grouped(torch.nn.Module):
