@@ -2,7 +2,8 @@
 
 A plan removes a prefix of every group's least-important-first list, within its allowed widths (multiples of
 `round_to`, at least (1 - max_ratio) of the original, never zero). The local, uniform and global rankings are
-each one scalar bisected to the target, and a plan's cost is predicted exactly without touching the graph;
+each one scalar bisected to the target (then landed in its tolerance where coarse widths jump across it:
+target_landing.py), and a plan's cost is predicted exactly without touching the graph;
 with a latency table, the global ranking spends importance per millisecond saved, to any target
 (latency_selection.py). The rankings: see docs/algorithms.md, 'Channel selection'.
 """
@@ -10,7 +11,6 @@ with a latency table, the global ranking spends importance per millisecond saved
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -22,12 +22,9 @@ from prunefx.graph.channels.groups import ChannelGroup, Combing
 from prunefx.graph.channels.latency_selection import LatencyKnapsack, ms_saved_per_group
 from prunefx.graph.channels.plan_cost import CostModel
 from prunefx.graph.channels.plan_latency import LayerTime, PlanLatency, priced_by
+from prunefx.graph.channels.target_landing import TARGET_TOLERANCE, landed
 from prunefx.graph.counting import Cost
 from prunefx.graph.errors import PrunefxError
-
-TARGET_TOLERANCE = 0.03  # relative to the target cost
-EXHAUSTIVE_UP_TO_PLANS = 4096  # every plan of a small model is listed when the moves stall
-PAIR_MOVES_UP_TO_GROUPS = 24  # 4 x 276 pair plans per round at most; larger models have fine-grained steps
 
 
 @dataclass(frozen=True)
@@ -247,77 +244,14 @@ class Selector:
         return self._kept_for(best[1])
 
     def _finished(self, target: Target, kept: list[int]) -> list[int]:
-        """`kept`, refined towards the target first when it is outside the tolerance."""
-        error = abs(self._measure(target, kept) - target.fraction)
-        if error > TARGET_TOLERANCE * target.fraction and self.ranking != "uniform":  # refining breaks uniformity
-            kept = self._refine(target, kept)
-            kept = self._nearest_within_tolerance(target, kept) or kept
-        return kept
+        """`kept`, moved into the target's tolerance where it is outside it (target_landing.py)."""
+        if self.ranking == "uniform":  # refining breaks uniformity
+            return kept
+        return landed(functools.partial(self._measure, target), target.fraction, kept, self.widths,
+                      [group.size for group in self.combing.groups])
 
     def _global_ceiling(self) -> float:
         return max((float(n[-1]) for n in self.sorted_normalised if n.size), default=0.0) + 1.0
-
-    def _refine(self, target: Target, kept: list[int], *, rounds: int = 64) -> list[int]:
-        """Coarse widths (a 16-wide group can only keep 8 or 16 at round_to 8) make the cost jump across
-        the target as the knob moves; then single groups are moved one allowed width at a time, each
-        time the move that lands closest to the target, until no move gets closer. Where no single move
-        gets closer, two groups moved at once may (one wider, one narrower: a 2-group model at 64 channels
-        can hold 0.48 and 0.57 of its MACs by single steps and 0.51 only by a pair); pairs are tried
-        only on models with few groups, where they are few and the steps coarse."""
-        kept = list(kept)
-        error = abs(self._measure(target, kept) - target.fraction)
-        for _ in range(rounds):
-            if error <= TARGET_TOLERANCE * target.fraction:
-                break
-            moves = self._closest(target, self._moves(kept))
-            if (not moves or moves[0] >= error) and len(kept) <= PAIR_MOVES_UP_TO_GROUPS:
-                moves = self._closest(target, self._pair_moves(kept))
-            if not moves or moves[0] >= error:
-                break
-            error, kept = moves
-        return kept
-
-    def _nearest_within_tolerance(self, target: Target, kept: list[int]) -> list[int] | None:
-        """On a small model the local moves can stall on a plateau (equal errors either side) short of a
-        plan that meets the target; there every plan is few enough to list. Of those within tolerance,
-        the one whose widths differ least from `kept` (the ranking's choice), so importance still decides."""
-        if math.prod(len(widths) for widths in self.widths) > EXHAUSTIVE_UP_TO_PLANS:
-            return None
-        if abs(self._measure(target, kept) - target.fraction) <= TARGET_TOLERANCE * target.fraction:
-            return None
-
-        def distance(plan):
-            return sum(abs(w - k) / g.size for w, k, g in zip(plan, kept, self.combing.groups))
-
-        within = [list(map(int, plan)) for plan in itertools.product(*self.widths)
-                  if abs(self._measure(target, list(map(int, plan))) - target.fraction)
-                  <= TARGET_TOLERANCE * target.fraction]
-        return min(within, key=distance, default=None)
-
-    def _closest(self, target: Target, plans) -> tuple[float, list[int]] | None:
-        return min(((abs(self._measure(target, plan) - target.fraction), plan) for plan in plans),
-                   key=lambda m: m[0], default=None)
-
-    def _steps(self, kept: list[int], index: int):
-        """The widths one allowed step either side of group `index`'s width."""
-        widths = self.widths[index]
-        position = int(np.searchsorted(widths, kept[index]))
-        return [int(widths[n]) for n in (position - 1, position + 1) if 0 <= n < len(widths)]
-
-    def _moves(self, kept: list[int]):
-        """Every plan that differs from `kept` by one allowed width step in one group."""
-        for index in range(len(kept)):
-            for width in self._steps(kept, index):
-                yield kept[:index] + [width] + kept[index + 1:]
-
-    def _pair_moves(self, kept: list[int]):
-        """Every plan that differs from `kept` by one allowed width step in each of two groups."""
-        for first, second in itertools.combinations(range(len(kept)), 2):
-            for width_first in self._steps(kept, first):
-                for width_second in self._steps(kept, second):
-                    moved = list(kept)
-                    moved[first], moved[second] = width_first, width_second
-                    yield moved
 
     def _plan_for(self, target: Target, kept: list[int], without_table: list[int] | None = None) -> Plan:
         mask, removed = self._mask(kept)
