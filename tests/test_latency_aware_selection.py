@@ -249,29 +249,37 @@ def test_the_widths_a_plan_is_priced_at_are_those_of_the_pruned_graph(model):
 
 class SplitHeads(torch.nn.Module):
     """Attention with q and k from one projection, v from another: heads, q/k head dims and v head dims are
-    three groups, so a plan can leave an attention's q narrower than its v."""
+    three groups, so a plan can leave an attention's q narrower than its v. Fused, or spelled out with a bias
+    added to the scores (as Swin adds its relative-position bias)."""
 
-    def __init__(self, heads=4, dim=8, tokens=6, width=16):
+    def __init__(self, spelled_out: bool, heads=4, dim=8, tokens=6, width=16):
         super().__init__()
         self.shape, self.qk, self.v = (heads, dim), torch.nn.Linear(width, 2 * heads * dim), torch.nn.Linear(
             width, heads * dim)
         self.out = torch.nn.Linear(heads * dim, width)
+        self.spelled_out, self.bias = spelled_out, torch.nn.Parameter(torch.randn(tokens, tokens))
 
     def forward(self, x):
         n, t, _ = x.shape
         heads, dim = self.shape
         q, k = self.qk(x).view(n, t, 2, heads, dim).permute(2, 0, 3, 1, 4).unbind(0)
         v = self.v(x).view(n, t, heads, dim).transpose(1, 2)
-        return self.out(torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, t, -1))
+        if self.spelled_out:
+            attended = torch.softmax((q * dim ** -0.5) @ k.transpose(-2, -1) + self.bias, dim=-1) @ v
+        else:
+            attended = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.out(attended.transpose(1, 2).reshape(n, t, -1))
 
 
+@pytest.mark.parametrize("spelled_out", [False, True])
 @pytest.mark.parametrize("heads_kept", [4, 3, 1])
-def test_an_attention_is_priced_at_the_heads_and_mean_head_dim_of_the_pruned_graph(heads_kept):
-    """Oracle: the pruned graph's attention node, its heads and the mean of q's and v's head dims read from its
-    shapes, and the MACs it counts; against the widths and MACs the plan was priced at, at every q and v width."""
+def test_an_attention_is_priced_at_the_heads_and_mean_head_dim_of_the_pruned_graph(heads_kept, spelled_out):
+    """Oracle: the pruned graph's attention, its heads and the mean of q's and v's head dims read from its
+    products' shapes, and the MACs they count; against the widths and MACs the plan was priced at, at every q and
+    v width."""
     torch.manual_seed(0)
     for q_kept, v_kept in itertools.product((8, 5, 2), (8, 6)):
-        program = capture(SplitHeads().eval(), torch.randn(2, 6, 16)).eval()
+        program = capture(SplitHeads(spelled_out).eval(), torch.randn(2, 6, 16)).eval()
         combing = find_channel_groups(program.module)
         selector = Selector(program.module, combing, [np.arange(1.0, g.size + 1) for g in combing.groups],
                             round_to=1, max_ratio=0.9, layer_time=lambda layer, i, o: float(i * o))
@@ -279,17 +287,22 @@ def test_an_attention_is_priced_at_the_heads_and_mean_head_dim_of_the_pruned_gra
         kept = [roles.get(g.size) or (q_kept if ("qk.weight", 0) in g.members else v_kept if ("v.weight", 0) in
                                       g.members else g.size) for g in combing.groups]
         latency = selector.latency
-        (index,) = [i for i, layer in enumerate(latency.layers) if layer.kind == "attention"]
+        (index,) = [i for i, layer in enumerate(latency.layers)
+                    if layer.kind == ("attention_products" if spelled_out else "attention")]
         priced = latency.widths(selector._mask(kept)[0])[index]
         remove_classes(program.module, combing.analysis, set(np.flatnonzero(selector._mask(kept)[0]).tolist()))
         program.recompile()
-        (node,) = program.module.graph.find_nodes(op="call_function",
-                                                  target=torch.ops.aten.scaled_dot_product_attention.default)
-        q, _, v = (arg.meta["val"].shape for arg in node.args[:3])
+        if spelled_out:  # q kᵀ, then the probabilities times v
+            products = program.module.graph.find_nodes(op="call_function", target=torch.ops.aten.matmul.default)
+            q, v = products[0].args[0].meta["val"].shape, products[1].args[1].meta["val"].shape
+        else:
+            products = program.module.graph.find_nodes(op="call_function",
+                                                       target=torch.ops.aten.scaled_dot_product_attention.default)
+            q, _, v = (arg.meta["val"].shape for arg in products[0].args[:3])
         assert (q[-1], v[-1]) == (q_kept, v_kept)  # the plan narrowed what it was meant to
         assert priced == (heads_kept, (q_kept + v_kept) // 2) == (q[1], (q[-1] + v[-1]) // 2)
         if (q_kept + v_kept) % 2 == 0:  # the mean is a whole number: the MACs scale exactly
-            assert latency.macs_at(index, *priced) == pytest.approx(node_macs(node), rel=1e-12)
+            assert latency.macs_at(index, *priced) == pytest.approx(sum(map(node_macs, products)), rel=1e-12)
 
 
 def stairs(layer, in_channels, out_channels) -> float:

@@ -224,6 +224,7 @@ def test_the_layers_of_a_program_with_their_geometry(tmp_path):
     TimedLayer("d", "conv2d", (2, 8, 7, 7), 8, False, (3, 3), (1, 1), (1, 1, 1, 1), (2, 2), 8),
     TimedLayer("l", "linear", (2, 5, 12), 7, True),
     TimedLayer("a", "attention", (2, 3, 5, 8), 8, False),
+    TimedLayer("p", "attention_products", (2, 3, 5, 8), 8, False, score_terms=2),
 ])
 def test_the_one_layer_models_compute_the_layer(layer):
     """The ONNX model and the torch module both compute what torch's own functional layer computes (an attention:
@@ -231,8 +232,11 @@ def test_the_one_layer_models_compute_the_layer(layer):
     module = LayerModule(layer)
     x = torch.randn(layer.input_shape)
     w, b = module.weight, module.bias
-    if layer.kind == "attention":
-        expected = torch.softmax(x @ x.transpose(-1, -2) / layer.out_channels ** 0.5, dim=-1) @ x
+    if layer.kind.startswith("attention"):
+        terms = sum((buffer for name, buffer in module.named_buffers() if name.startswith("score_term")),
+                    torch.zeros(()))
+        assert (layer.kind == "attention") == (terms.dim() == 0)  # terms [heads, tokens, tokens] where spelled out
+        expected = torch.softmax(x @ x.transpose(-1, -2) / layer.out_channels ** 0.5 + terms, dim=-1) @ x
     elif layer.kind == "linear":
         expected = F.linear(x, w, b)
     else:
@@ -454,14 +458,16 @@ def test_a_missing_gpu_is_refused_before_anything_is_timed(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_a_cuda_table_on_a_real_gpu(tmp_path):
-    """A convolution and a ViT-B attention (12 heads of 64 over 197 tokens) on the GPU: every entry a plausible
-    time, and a quarter of the heads faster than all of them (the grid steps through heads)."""
+    """A convolution and a ViT-B attention (12 heads of 64 over 197 tokens), fused and spelled out with a bias, on
+    the GPU: every entry a plausible time, and a quarter of the heads faster than all of them (the grid steps
+    through heads)."""
     timer = layer_timer("cuda", Settings(runs=20, warmup=5))
     attention = TimedLayer("attention", "attention", (1, 12, 197, 64), 64, False)
-    table = build_latency_table([CONV, attention], timer, multiple=8, batch=32, cache_dir=tmp_path)
-    assert timer.device == torch.cuda.get_device_name() and table.measured == 4 * 4 + 4 * 4
+    spelled = TimedLayer("spelled", "attention_products", (1, 12, 197, 64), 64, False, score_terms=1)
+    table = build_latency_table([CONV, attention, spelled], timer, multiple=8, batch=32, cache_dir=tmp_path)
+    assert timer.device == torch.cuda.get_device_name() and table.measured == 3 * 4 * 4
     assert all(0 < ms < 100 for grid in table.grids.values() for row in grid.ms for ms in row)
-    assert table(attention, 3, 64) < table(attention, 12, 64)
+    assert table(attention, 3, 64) < table(attention, 12, 64) and table(spelled, 3, 64) < table(spelled, 12, 64)
 
 
 class Grouped(torch.nn.Module):
@@ -567,22 +573,34 @@ def test_a_linear_layer_s_4d_input_is_timed_contiguous_with_the_same_rows():
 
 
 class Attention(torch.nn.Module):
-    """Self-attention over 3 heads of 8 dims, and the same with a mask, causal, and across two token counts."""
+    """Self-attention over 3 heads of 8 dims, fused: plain, with a mask, causal, across two token counts; spelled out:
+    with a bias (and a view) between the products, and across two token counts; 3-D, heads merged into the batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.randn(3, 5, 5))
 
     def forward(self, x, memory):
         q, m = x.view(1, 5, 3, 8).transpose(1, 2), memory.view(1, 7, 3, 8).transpose(1, 2)
         sdpa = F.scaled_dot_product_attention
-        return (sdpa(q, q, q), sdpa(q, q, q, attn_mask=torch.ones(5, 5, dtype=torch.bool)), sdpa(q, q, q, is_causal=True),
-                sdpa(q, m, m))
+        fused = (sdpa(q, q, q), sdpa(q, q, q, attn_mask=torch.ones(5, 5, dtype=torch.bool)), sdpa(q, q, q, is_causal=True),
+                 sdpa(q, m, m))
+        scores = ((q * 0.3) @ q.transpose(-2, -1) + self.bias).view(1, 3, 25).view(1, 3, 5, 5)
+        spelled = (torch.softmax(scores, dim=-1) @ q, torch.softmax(q @ m.transpose(-2, -1), dim=-1) @ m)
+        flat = q.reshape(3, 5, 8)
+        return fused + spelled + (torch.softmax(flat @ flat.transpose(1, 2), dim=-1) @ flat,)
 
 
 def test_self_attention_is_timed_on_a_grid_of_heads_and_head_dims(tmp_path):
-    """Only the plain self-attention is timed (the timers run q, k and v as one input); its grid steps through
-    heads one at a time, and through head dims by the width multiple; its 3-D probe is the 4-D q as a view."""
+    """Only self-attention with heads and without a mask is timed, fused or spelled out (the timers run q, k and
+    v as one input); its grid steps through heads one at a time, and through head dims by the width multiple; its
+    3-D probe is the 4-D q as a view."""
     from prunefx.runtime.cuda.layer_timer import probe_shape
 
     program = capture(Attention().eval(), (torch.randn(1, 5, 24), torch.randn(1, 7, 24)))
-    (attention,) = [layer for layer in timed_layers(program.module) if layer.kind == "attention"]
+    attention, spelled = [layer for layer in timed_layers(program.module) if layer.kind.startswith("attention")]
+    assert (attention.kind, spelled.kind, spelled.score_terms) == ("attention", "attention_products", 1)
+    assert spelled.input_shape == attention.input_shape and spelled.geometry().endswith(" t=1")
     assert (attention.input_shape, attention.in_channels, attention.out_channels) == ((1, 3, 5, 8), 3, 8)
     assert attention.resized(2, 4).input_shape == (1, 2, 5, 4)
     table = build_latency_table([attention], FakeTimer(), multiple=4, max_ratio=0.7, cache_dir=tmp_path)

@@ -20,22 +20,24 @@ import torch
 
 from prunefx.graph.channels.plan_cost import CostModel
 from prunefx.graph.channels.removal import expand_mask
+from prunefx.graph.channels.timed_attention import timed_attention
 from prunefx.graph.counting import _shape, node_macs
 from prunefx.graph.errors import PrunefxError
 
 aten = torch.ops.aten
 _CONV2D = {aten.conv2d.default, aten.conv2d.padding, aten.convolution.default}
-_ATTENTION = aten.scaled_dot_product_attention.default
+ATTENTION_KINDS = ("attention", "attention_products")  # fused (scaled_dot_product_attention), spelled out
 
 
 @dataclass(frozen=True)
 class TimedLayer:
     """One layer a latency table times: its kind and geometry at some widths (the dense ones as found in
     the graph; `resized` gives it at others). A backend builds a one-layer model from this alone. An attention's
-    widths are its heads (in) and head dim (out): q, k and v of one shape, softmax(q kᵀ / sqrt(dim)) v."""
+    widths are its heads (in) and head dim (out): q, k and v of one shape, softmax(q kᵀ / sqrt(dim)) v, fused
+    ("attention") or spelled out as products ("attention_products"; timed_attention.py)."""
 
     name: str                        # the graph node
-    kind: str                        # "conv2d", "linear" or "attention"
+    kind: str                        # "conv2d", "linear", or one of ATTENTION_KINDS
     input_shape: tuple[int, ...]     # [N, C, H, W] for conv2d, [..., C] for linear, q's [N, heads, tokens, dim]
     out_channels: int                # an attention's head dim
     bias: bool
@@ -46,17 +48,18 @@ class TimedLayer:
     groups: int = 1
     epilogue: tuple[str, ...] = ()   # what runs on its output alone, in order: "batch_norm", then an activation
     batch: int = 1                   # the model's batch size input_shape was found at (not part of the geometry)
+    score_terms: int = 0             # spelled-out attention: tensors added to its scores (a relative-position bias)
 
     @property
     def in_channels(self) -> int:
-        return self.input_shape[-1] if self.kind == "linear" else self.input_shape[1]
+        return self.input_shape[-1] if self.kind == "linear" else self.input_shape[1]  # an attention's heads
 
     def resized(self, in_channels: int, out_channels: int) -> TimedLayer:
         """This layer with other widths: a depthwise convolution stays depthwise (its group count follows its
         channels, as the removal rewrites it); other grouped convolutions keep their group count."""
         shape = list(self.input_shape)
         shape[-1 if self.kind == "linear" else 1] = in_channels
-        if self.kind == "attention":
+        if self.kind in ATTENTION_KINDS:
             shape[-1] = out_channels
         depthwise = self.groups > 1 and self.groups == self.in_channels
         return replace(self, input_shape=tuple(shape), out_channels=out_channels,
@@ -73,16 +76,17 @@ class TimedLayer:
         """Everything but the name: equal geometries time alike, so a cache keys entries by this."""
         return (f"{self.kind} in={list(self.input_shape)} out={self.out_channels} bias={int(self.bias)} "
                 f"k={list(self.kernel)} s={list(self.stride)} p={list(self.padding)} d={list(self.dilation)} "
-                f"g={self.groups}" + (f" e={'+'.join(self.epilogue)}" if self.epilogue else ""))
+                f"g={self.groups}" + (f" e={'+'.join(self.epilogue)}" if self.epilogue else "")
+                + (f" t={self.score_terms}" if self.score_terms else ""))
 
 
 LayerTime = Callable[[TimedLayer, int, int], float]  # (dense layer, in width, out width) -> ms
 
 
 def timed_layers(module: torch.fx.GraphModule) -> list[TimedLayer]:
-    """Every 2-D convolution, linear layer and self-attention (`_attention`) of the graph whose shapes the
-    metadata records, at its dense widths. Transposed, 1-D and 3-D convolutions, attention spelled out as
-    matrix products and other products of activations are not timed."""
+    """Every 2-D convolution, linear layer and self-attention (timed_attention.py) of the graph whose shapes the
+    metadata records, at its dense widths. Transposed, 1-D and 3-D convolutions and other products of
+    activations are not timed."""
     layers, batch = [], _model_batch(module)
     for node in module.graph.nodes:
         if node.op != "call_function":
@@ -91,12 +95,13 @@ def timed_layers(module: torch.fx.GraphModule) -> list[TimedLayer]:
             layer = _convolution(node)
         elif node.target is aten.linear.default:
             layer = _linear(node)
-        elif node.target is _ATTENTION:
-            layer = _attention(node)
+        elif (attention := timed_attention(node)) is not None:
+            layer = TimedLayer(node.name, "attention" if attention.fused else "attention_products", attention.shape,
+                               attention.shape[-1], False, score_terms=attention.score_terms)
         else:
             continue
         if layer is not None:
-            found = epilogue(node, norm=layer.kind == "conv2d") if layer.kind != "attention" else ()
+            found = epilogue(node, norm=layer.kind == "conv2d") if layer.kind not in ATTENTION_KINDS else ()
             layers.append(replace(layer, epilogue=found, batch=batch))
     return layers
 
@@ -186,24 +191,21 @@ def _linear(node: torch.fx.Node) -> TimedLayer | None:
     return TimedLayer(node.name, "linear", source, int(weight[0]), _argument(node, 2, "bias", None) is not None)
 
 
-def _attention(node: torch.fx.Node) -> TimedLayer | None:
-    """A scaled_dot_product_attention whose q, k and v have one 4-D shape, without a mask, causality, dropout or
-    grouped heads: what the timers run on one input (a custom scale does not change its time). Others are not timed."""
-    shapes = [_shape(arg) for arg in node.args[:3]]
-    if len(shapes) < 3 or shapes[0] is None or len(shapes[0]) != 4 or not shapes[0] == shapes[1] == shapes[2]:
-        return None
-    plain = (_argument(node, 3, "attn_mask", None) is None and not _argument(node, 4, "dropout_p", 0.0)
-             and not _argument(node, 5, "is_causal", False) and not node.kwargs.get("enable_gqa", False))
-    return TimedLayer(node.name, "attention", shapes[0], shapes[0][-1], False) if plain else None
-
-
 def width_dims(node: torch.fx.Node, layer: TimedLayer) -> tuple[list[tuple], list[tuple]]:
     """The (tensor, axis) dims whose surviving indices are a timed layer's in and out widths: a layer's input
     channels and weight rows; an attention's heads, and the head dims of q and v, whose mean is its out width
     (its two products' MACs go with the mean, and the timers run q, k and v of one width)."""
-    if layer.kind == "attention":
-        return [(node.args[0], 1)], [(node.args[0], -1), (node.args[2], -1)]
+    if layer.kind in ATTENTION_KINDS:
+        attention = timed_attention(node)
+        assert attention is not None, "a timed attention's node is one"
+        return [(attention.q, 1)], [(attention.q, -1), (attention.v, -1)]
     return [(node.args[0], 1 if layer.kind == "conv2d" else -1)], [(node.args[1], 0)]
+
+
+def layer_macs(node: torch.fx.Node, layer: TimedLayer) -> int:
+    """The MACs a timed layer stands for: a spelled-out attention's two products, any other layer's node."""
+    attention = timed_attention(node) if layer.kind in ATTENTION_KINDS else None
+    return sum(node_macs(product) for product in attention.products) if attention is not None else node_macs(node)
 
 
 class PlanLatency:
@@ -217,7 +219,7 @@ class PlanLatency:
         layers = {layer.name: layer for layer in timed_layers(cost_model.module)}
         self.nodes = [node for node in cost_model.module.graph.nodes if node.name in layers]
         self.layers = [layers[node.name] for node in self.nodes]
-        self.dense_macs = [node_macs(node) for node in self.nodes]
+        self.dense_macs = [layer_macs(node, layer) for node, layer in zip(self.nodes, self.layers)]
         self._memo: dict[tuple[int, int, int], float] = {}
         self._index_widths()
         self.dense_layers = self.layer_ms(np.zeros(cost_model.classes, dtype=bool))

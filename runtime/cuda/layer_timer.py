@@ -19,7 +19,7 @@ from collections import OrderedDict
 
 import torch
 
-from prunefx.graph.channels.plan_latency import TimedLayer
+from prunefx.graph.channels.plan_latency import ATTENTION_KINDS, TimedLayer
 from prunefx.runtime.cuda.graph import CudaDevice, GpuModel, capture_batch_limit
 from prunefx.runtime.measure.gpu_latency import measure_gpu_latency
 from prunefx.runtime.tables.timers import LayerModule
@@ -73,6 +73,6 @@ def probe_shape(layer: TimedLayer) -> tuple[int, ...]:
     shape = tuple(layer.input_shape)
     if layer.kind == "linear" and len(shape) == 4:
         return (shape[0], shape[1] * shape[2], shape[3])
-    if layer.kind == "attention":  # N*heads x tokens x dim, seen 4-D by the attention as a view
+    if layer.kind in ATTENTION_KINDS:  # N*heads x tokens x dim, seen 4-D by the attention as a view
         return (shape[0] * shape[1], shape[2], shape[3])
     return shape

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from prunefx.graph import Program
-from prunefx.graph.channels.plan_latency import TimedLayer, timed_layers
+from prunefx.graph.channels.plan_latency import ATTENTION_KINDS, TimedLayer, timed_layers
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.progress import progress_bar
 from prunefx.runtime.errors import MeasurementError
@@ -173,7 +173,7 @@ def _grid(dense: TimedLayer, timer: LayerTimer, cache: LatencyCache, multiple: i
     tied = dense.groups > 1 and dense.groups == dense.in_channels
     # a grouped convolution runs only at widths its groups divide; a depthwise one has one axis
     step = math.lcm(multiple, dense.groups) if dense.groups > 1 and not tied else multiple
-    ins = grid_widths(dense.in_channels, 1 if dense.kind == "attention" else step, max_ratio, points)  # heads
+    ins = grid_widths(dense.in_channels, 1 if dense.kind in ATTENTION_KINDS else step, max_ratio, points)  # heads
     outs = (dense.out_channels,) if tied else grid_widths(dense.out_channels, step, max_ratio, points)
     rows, measured, cached = [], 0, 0
     for in_width in ins:

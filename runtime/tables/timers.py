@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
-from prunefx.graph.channels.plan_latency import TimedLayer
+from prunefx.graph.channels.plan_latency import ATTENTION_KINDS, TimedLayer
 from prunefx.graph.counted import counted
 from prunefx.runtime.measure.latency import measure_latency
 from prunefx.runtime.measure.width_multiple import CPUINFO
@@ -96,17 +96,31 @@ def _onnx_epilogue(layer: TimedLayer, source: str) -> tuple[list, list]:
     return nodes, initializers
 
 
+def _score_terms(layer: TimedLayer) -> list[np.ndarray]:
+    """What a spelled-out attention adds to its scores (a relative-position bias, a shift mask): one random
+    [heads, tokens, tokens] tensor per term, broadcast over the batch (its values do not change the time)."""
+    rng = np.random.default_rng(2)
+    _, heads, tokens, _ = layer.input_shape
+    return [(0.1 * rng.standard_normal((heads, tokens, tokens))).astype(np.float32) for _ in range(layer.score_terms)]
+
+
 def _onnx_attention(layer: TimedLayer, result: str) -> tuple[list, list]:
-    """softmax(q kᵀ / sqrt(dim)) v on x as q, k and v, as torch's exporter writes it: q and kᵀ each scaled by
-    dim^-1/4 (which ONNX Runtime fuses into the product), then the two products around a softmax."""
-    scale = numpy_helper.from_array(np.array(layer.input_shape[-1] ** -0.25, np.float32), "scale")
+    """softmax(q kᵀ / sqrt(dim)) v on x as q, k and v, as the exporter writes it: fused, q and kᵀ each scaled by
+    dim^-1/4 (which ONNX Runtime fuses into the product); spelled out, q scaled by dim^-1/2 and the scores'
+    additive terms added. Then the two products around a softmax."""
+    dim, fused = layer.input_shape[-1], layer.kind == "attention"
+    initializers = [numpy_helper.from_array(np.array(dim ** (-0.25 if fused else -0.5), np.float32), "scale")]
     nodes = [helper.make_node("Mul", ["x", "scale"], ["q"]),
-             helper.make_node("Transpose", ["x"], ["kt"], perm=[0, 1, 3, 2]),
-             helper.make_node("Mul", ["kt", "scale"], ["kts"]),
-             helper.make_node("MatMul", ["q", "kts"], ["scores"]),
-             helper.make_node("Softmax", ["scores"], ["p"], axis=-1),
-             helper.make_node("MatMul", ["p", "x"], [result])]
-    return nodes, [scale]
+             helper.make_node("Transpose", ["x"], ["kt" if fused else "keys"], perm=[0, 1, 3, 2])]
+    if fused:
+        nodes.append(helper.make_node("Mul", ["kt", "scale"], ["keys"]))
+    nodes.append(helper.make_node("MatMul", ["q", "keys"], ["s0"]))
+    for index, term in enumerate(_score_terms(layer)):
+        initializers.append(numpy_helper.from_array(term, f"term{index}"))
+        nodes.append(helper.make_node("Add", [f"s{index}", f"term{index}"], [f"s{index + 1}"]))
+    nodes += [helper.make_node("Softmax", [f"s{layer.score_terms}"], ["p"], axis=-1),
+              helper.make_node("MatMul", ["p", "x"], [result])]
+    return nodes, initializers
 
 
 def _onnx_convolution(layer: TimedLayer, result: str, lead_in: bool) -> tuple[list, list]:
@@ -141,7 +155,7 @@ def layer_model(layer: TimedLayer, *, lead_in: bool = False) -> onnx.ModelProto:
     a previous convolution's output inside a model: ONNX Runtime's CPU provider then hands it its blocked layout,
     where straight after the input's reorder a convolution of 16 input channels ran twice as long."""
     result = "t" if layer.epilogue else "y"
-    if layer.kind == "attention":
+    if layer.kind in ATTENTION_KINDS:
         nodes, initializers = _onnx_attention(layer, result)
     elif layer.kind == "conv2d":
         nodes, initializers = _onnx_convolution(layer, result, lead_in)
@@ -202,7 +216,9 @@ class LayerModule(torch.nn.Module):
         super().__init__()
         self.layer = layer
         self.weight = self.bias = None
-        if layer.kind != "attention":
+        for index, term in enumerate(_score_terms(layer) if layer.kind == "attention_products" else ()):
+            self.register_buffer(f"score_term{index}", torch.from_numpy(term))
+        if layer.kind not in ATTENTION_KINDS:
             weight, bias = _weights(layer)
             self.weight = torch.nn.Parameter(torch.from_numpy(weight), requires_grad=False)
             self.bias = torch.nn.Parameter(torch.from_numpy(bias), requires_grad=False) if bias is not None else None
@@ -224,14 +240,22 @@ class LayerModule(torch.nn.Module):
         layer = self.layer
         if layer.kind == "linear":
             return F.linear(x, self.weight, self.bias)
-        if layer.kind == "attention":  # a view where the input is laid out flat (runtime/cuda/layer_timer.probe_shape)
-            x = x.reshape(layer.input_shape)
-            return F.scaled_dot_product_attention(x, x, x)
+        if layer.kind in ATTENTION_KINDS:  # a view where the input is laid out flat (runtime/cuda/layer_timer.probe_shape)
+            return self._attention(x.reshape(layer.input_shape))
         top, left, bottom, right = layer.padding
         if (top, left) != (bottom, right):
             return F.conv2d(F.pad(x, (left, right, top, bottom)), self.weight, self.bias, layer.stride, 0,
                             layer.dilation, layer.groups)
         return F.conv2d(x, self.weight, self.bias, layer.stride, (top, left), layer.dilation, layer.groups)
+
+    def _attention(self, x: torch.Tensor) -> torch.Tensor:
+        """Fused where the model runs it fused (a GPU's flash kernels), else its products as the model spells them."""
+        if self.layer.kind == "attention":
+            return F.scaled_dot_product_attention(x, x, x)
+        scores = (x * x.shape[-1] ** -0.5) @ x.transpose(-2, -1)
+        for index in range(self.layer.score_terms):
+            scores = scores + getattr(self, f"score_term{index}")
+        return torch.softmax(scores, dim=-1) @ x
 
 
 TimeModule = Callable[[torch.nn.Module, tuple], float]  # (module, inputs) -> ms of one call
