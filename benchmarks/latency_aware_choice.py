@@ -74,7 +74,7 @@ CACHE = BUILD / NAME
 FMNIST_MODELS = ("resnet20", "mobilenetv2_small")
 ZOO = {"resnet50": "torchvision:resnet50", "mobilenet_v2": "torchvision:mobilenet_v2",
        "convnext_tiny": "torchvision:convnext_tiny", "vit_small_patch16_224": "timm:vit_small_patch16_224",
-       "efficientnet_b0": "timm:efficientnet_b0"}
+       "efficientnet_b0": "timm:efficientnet_b0", "swin_t": "torchvision:swin_t"}
 CHOICES = ("macs", "latency")
 CALIBRATION_BATCHES = 4
 
