@@ -224,6 +224,7 @@ def test_the_layers_of_a_program_with_their_geometry(tmp_path):
     TimedLayer("d", "conv2d", (2, 8, 7, 7), 8, False, (3, 3), (1, 1), (1, 1, 1, 1), (2, 2), 8),
     TimedLayer("l", "linear", (2, 5, 12), 7, True),
     TimedLayer("a", "attention", (2, 3, 5, 8), 8, False),
+    TimedLayer("m", "attention", (2, 3, 5, 8), 8, False, score_terms=1),
     TimedLayer("p", "attention_products", (2, 3, 5, 8), 8, False, score_terms=2),
 ])
 def test_the_one_layer_models_compute_the_layer(layer):
@@ -235,7 +236,7 @@ def test_the_one_layer_models_compute_the_layer(layer):
     if layer.kind.startswith("attention"):
         terms = sum((buffer for name, buffer in module.named_buffers() if name.startswith("score_term")),
                     torch.zeros(()))
-        assert (layer.kind == "attention") == (terms.dim() == 0)  # terms [heads, tokens, tokens] where spelled out
+        assert terms.dim() == (3 if layer.score_terms else 0)  # each term [heads, tokens, tokens]
         expected = torch.softmax(x @ x.transpose(-1, -2) / layer.out_channels ** 0.5 + terms, dim=-1) @ x
     elif layer.kind == "linear":
         expected = F.linear(x, w, b)
@@ -573,8 +574,9 @@ def test_a_linear_layer_s_4d_input_is_timed_contiguous_with_the_same_rows():
 
 
 class Attention(torch.nn.Module):
-    """Self-attention over 3 heads of 8 dims, fused: plain, with a mask, causal, across two token counts; spelled out:
-    with a bias (and a view) between the products, and across two token counts; 3-D, heads merged into the batch."""
+    """Self-attention over 3 heads of 8 dims, fused: plain, with a mask, with a mask wider than its scores, causal,
+    across two token counts; spelled out: with a bias (and a view) between the products, and across two token
+    counts; 3-D, heads merged into the batch."""
 
     def __init__(self):
         super().__init__()
@@ -583,8 +585,8 @@ class Attention(torch.nn.Module):
     def forward(self, x, memory):
         q, m = x.view(1, 5, 3, 8).transpose(1, 2), memory.view(1, 7, 3, 8).transpose(1, 2)
         sdpa = F.scaled_dot_product_attention
-        fused = (sdpa(q, q, q), sdpa(q, q, q, attn_mask=torch.ones(5, 5, dtype=torch.bool)), sdpa(q, q, q, is_causal=True),
-                 sdpa(q, m, m))
+        fused = (sdpa(q, q, q), sdpa(q, q, q, attn_mask=self.bias), sdpa(q, q, q, attn_mask=torch.zeros(2, 3, 5, 5)),
+                 sdpa(q, q, q, is_causal=True), sdpa(q, m, m))
         scores = ((q * 0.3) @ q.transpose(-2, -1) + self.bias).view(1, 3, 25).view(1, 3, 5, 5)
         spelled = (torch.softmax(scores, dim=-1) @ q, torch.softmax(q @ m.transpose(-2, -1), dim=-1) @ m)
         flat = q.reshape(3, 5, 8)
@@ -592,14 +594,15 @@ class Attention(torch.nn.Module):
 
 
 def test_self_attention_is_timed_on_a_grid_of_heads_and_head_dims(tmp_path):
-    """Only self-attention with heads and without a mask is timed, fused or spelled out (the timers run q, k and
-    v as one input); its grid steps through heads one at a time, and through head dims by the width multiple; its
-    3-D probe is the 4-D q as a view."""
+    """Only self-attention with heads is timed, fused or spelled out (the timers run q, k and v as one input), a mask
+    or bias on its scores as an additive term; its grid steps through heads one at a time, and through head dims by
+    the width multiple; its 3-D probe is the 4-D q as a view."""
     from prunefx.runtime.cuda.layer_timer import probe_shape
 
     program = capture(Attention().eval(), (torch.randn(1, 5, 24), torch.randn(1, 7, 24)))
-    attention, spelled = [layer for layer in timed_layers(program.module) if layer.kind.startswith("attention")]
-    assert (attention.kind, spelled.kind, spelled.score_terms) == ("attention", "attention_products", 1)
+    attention, masked, spelled = [layer for layer in timed_layers(program.module) if layer.kind.startswith("attention")]
+    assert [(layer.kind, layer.score_terms) for layer in (attention, masked, spelled)] == [
+        ("attention", 0), ("attention", 1), ("attention_products", 1)]
     assert spelled.input_shape == attention.input_shape and spelled.geometry().endswith(" t=1")
     assert (attention.input_shape, attention.in_channels, attention.out_channels) == ((1, 3, 5, 8), 3, 8)
     assert attention.resized(2, 4).input_shape == (1, 2, 5, 4)

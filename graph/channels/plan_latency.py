@@ -48,7 +48,7 @@ class TimedLayer:
     groups: int = 1
     epilogue: tuple[str, ...] = ()   # what runs on its output alone, in order: "batch_norm", then an activation
     batch: int = 1                   # the model's batch size input_shape was found at (not part of the geometry)
-    score_terms: int = 0             # spelled-out attention: tensors added to its scores (a relative-position bias)
+    score_terms: int = 0             # attention: tensors added to its scores (a relative-position bias, a mask)
 
     @property
     def in_channels(self) -> int:

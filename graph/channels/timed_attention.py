@@ -1,7 +1,8 @@
 """The self-attentions a latency table times (plan_latency.py), found in a captured graph in either spelling.
 
-- fused: one scaled_dot_product_attention whose q, k and v share one 4-D shape, without a mask, causality,
-  dropout or grouped heads (a custom scale does not change its time);
+- fused: one scaled_dot_product_attention whose q, k and v share one 4-D shape, without causality, dropout or
+  grouped heads (a custom scale does not change its time), and with at most a mask that broadcasts to its scores
+  (MaxViT's relative-position bias), an additive term;
 - spelled out: matmul(q, kᵀ), then only scalar scalings, views and additive terms (Swin's relative-position
   bias and shift mask) up to a softmax over the last dim, then (an inference dropout aside) matmul(·, v), q and v
   of one 4-D shape [N, heads, tokens, dim] and kᵀ its transpose. The second product stands for the whole.
@@ -56,9 +57,19 @@ def _fused(node: torch.fx.Node) -> TimedAttention | None:
     shapes = [_shape(arg) for arg in node.args[:3]]
     if len(shapes) < 3 or shapes[0] is None or len(shapes[0]) != 4 or not shapes[0] == shapes[1] == shapes[2]:
         return None
-    plain = (_argument(node, 3, "attn_mask", None) is None and not _argument(node, 4, "dropout_p", 0.0)
-             and not _argument(node, 5, "is_causal", False) and not node.kwargs.get("enable_gqa", False))
-    return TimedAttention(node.args[0], node.args[2], shapes[0], True, (node,)) if plain else None
+    mask = _argument(node, 3, "attn_mask", None)
+    if mask is not None and not _broadcasts(_shape(mask), (*shapes[0][:3], shapes[0][2])):
+        return None
+    plain = (not _argument(node, 4, "dropout_p", 0.0) and not _argument(node, 5, "is_causal", False)
+             and not node.kwargs.get("enable_gqa", False))
+    return TimedAttention(node.args[0], node.args[2], shapes[0], True, (node,), int(mask is not None)) if plain else None
+
+
+def _broadcasts(shape: tuple[int, ...] | None, scores: tuple[int, ...]) -> bool:
+    """Whether a mask of `shape` broadcasts to the scores' shape without widening them."""
+    if shape is None or len(shape) > len(scores):
+        return False
+    return all(size in (1, full) for size, full in zip(reversed(shape), reversed(scores)))
 
 
 def _spelled_out(node: torch.fx.Node) -> TimedAttention | None:

@@ -97,7 +97,7 @@ def _onnx_epilogue(layer: TimedLayer, source: str) -> tuple[list, list]:
 
 
 def _score_terms(layer: TimedLayer) -> list[np.ndarray]:
-    """What a spelled-out attention adds to its scores (a relative-position bias, a shift mask): one random
+    """What an attention adds to its scores (a relative-position bias, a shift mask, a mask): one random
     [heads, tokens, tokens] tensor per term, broadcast over the batch (its values do not change the time)."""
     rng = np.random.default_rng(2)
     _, heads, tokens, _ = layer.input_shape
@@ -106,8 +106,8 @@ def _score_terms(layer: TimedLayer) -> list[np.ndarray]:
 
 def _onnx_attention(layer: TimedLayer, result: str) -> tuple[list, list]:
     """softmax(q kᵀ / sqrt(dim)) v on x as q, k and v, as the exporter writes it: fused, q and kᵀ each scaled by
-    dim^-1/4 (which ONNX Runtime fuses into the product); spelled out, q scaled by dim^-1/2 and the scores'
-    additive terms added. Then the two products around a softmax."""
+    dim^-1/4 (which ONNX Runtime fuses into the product); spelled out, q scaled by dim^-1/2. Then the scores'
+    additive terms (a mask, a bias) and the two products around a softmax."""
     dim, fused = layer.input_shape[-1], layer.kind == "attention"
     initializers = [numpy_helper.from_array(np.array(dim ** (-0.25 if fused else -0.5), np.float32), "scale")]
     nodes = [helper.make_node("Mul", ["x", "scale"], ["q"]),
@@ -216,7 +216,7 @@ class LayerModule(torch.nn.Module):
         super().__init__()
         self.layer = layer
         self.weight = self.bias = None
-        for index, term in enumerate(_score_terms(layer) if layer.kind == "attention_products" else ()):
+        for index, term in enumerate(_score_terms(layer) if layer.kind in ATTENTION_KINDS else ()):
             self.register_buffer(f"score_term{index}", torch.from_numpy(term))
         if layer.kind not in ATTENTION_KINDS:
             weight, bias = _weights(layer)
@@ -250,8 +250,8 @@ class LayerModule(torch.nn.Module):
 
     def _attention(self, x: torch.Tensor) -> torch.Tensor:
         """Fused where the model runs it fused (a GPU's flash kernels), else its products as the model spells them."""
-        if self.layer.kind == "attention":
-            return F.scaled_dot_product_attention(x, x, x)
+        if self.layer.kind == "attention":  # with its mask, an additive term, where it has one
+            return F.scaled_dot_product_attention(x, x, x, attn_mask=getattr(self, "score_term0", None))
         scores = (x * x.shape[-1] ** -0.5) @ x.transpose(-2, -1)
         for index in range(self.layer.score_terms):
             scores = scores + getattr(self, f"score_term{index}")
