@@ -250,20 +250,21 @@ def test_the_widths_a_plan_is_priced_at_are_those_of_the_pruned_graph(model):
 class SplitHeads(torch.nn.Module):
     """Attention with q and k from one projection, v from another: heads, q/k head dims and v head dims are
     three groups, so a plan can leave an attention's q narrower than its v. Fused, or spelled out with a bias
-    added to the scores (as Swin adds its relative-position bias)."""
+    added to the scores (as Swin adds its relative-position bias); k and v over all tokens or fewer `keys`."""
 
-    def __init__(self, spelled_out: bool, heads=4, dim=8, tokens=6, width=16):
+    def __init__(self, spelled_out: bool, keys=6, heads=4, dim=8, tokens=6, width=16):
         super().__init__()
         self.shape, self.qk, self.v = (heads, dim), torch.nn.Linear(width, 2 * heads * dim), torch.nn.Linear(
             width, heads * dim)
         self.out = torch.nn.Linear(heads * dim, width)
-        self.spelled_out, self.bias = spelled_out, torch.nn.Parameter(torch.randn(tokens, tokens))
+        self.spelled_out, self.keys, self.bias = spelled_out, keys, torch.nn.Parameter(torch.randn(tokens, keys))
 
     def forward(self, x):
         n, t, _ = x.shape
         heads, dim = self.shape
         q, k = self.qk(x).view(n, t, 2, heads, dim).permute(2, 0, 3, 1, 4).unbind(0)
         v = self.v(x).view(n, t, heads, dim).transpose(1, 2)
+        k, v = k[:, :, :self.keys], v[:, :, :self.keys]
         if self.spelled_out:
             attended = torch.softmax((q * dim ** -0.5) @ k.transpose(-2, -1) + self.bias, dim=-1) @ v
         else:
@@ -271,15 +272,15 @@ class SplitHeads(torch.nn.Module):
         return self.out(attended.transpose(1, 2).reshape(n, t, -1))
 
 
-@pytest.mark.parametrize("spelled_out", [False, True])
+@pytest.mark.parametrize("spelled_out, keys", [(False, 6), (True, 6), (False, 3), (True, 3)])
 @pytest.mark.parametrize("heads_kept", [4, 3, 1])
-def test_an_attention_is_priced_at_the_heads_and_mean_head_dim_of_the_pruned_graph(heads_kept, spelled_out):
+def test_an_attention_is_priced_at_the_heads_and_mean_head_dim_of_the_pruned_graph(heads_kept, spelled_out, keys):
     """Oracle: the pruned graph's attention, its heads and the mean of q's and v's head dims read from its
     products' shapes, and the MACs they count; against the widths and MACs the plan was priced at, at every q and
     v width."""
     torch.manual_seed(0)
     for q_kept, v_kept in itertools.product((8, 5, 2), (8, 6)):
-        program = capture(SplitHeads(spelled_out).eval(), torch.randn(2, 6, 16)).eval()
+        program = capture(SplitHeads(spelled_out, keys).eval(), torch.randn(2, 6, 16)).eval()
         combing = find_channel_groups(program.module)
         selector = Selector(program.module, combing, [np.arange(1.0, g.size + 1) for g in combing.groups],
                             round_to=1, max_ratio=0.9, layer_time=lambda layer, i, o: float(i * o))

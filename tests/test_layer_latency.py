@@ -226,6 +226,8 @@ def test_the_layers_of_a_program_with_their_geometry(tmp_path):
     TimedLayer("a", "attention", (2, 3, 5, 8), 8, False),
     TimedLayer("m", "attention", (2, 3, 5, 8), 8, False, score_terms=1),
     TimedLayer("p", "attention_products", (2, 3, 5, 8), 8, False, score_terms=2),
+    TimedLayer("r", "attention", (2, 3, 5, 8), 8, False, score_terms=1, keys=2),  # k and v over fewer tokens
+    TimedLayer("s", "attention_products", (2, 3, 5, 8), 8, False, keys=3),
 ])
 def test_the_one_layer_models_compute_the_layer(layer):
     """The ONNX model and the torch module both compute what torch's own functional layer computes (an attention:
@@ -233,11 +235,14 @@ def test_the_one_layer_models_compute_the_layer(layer):
     module = LayerModule(layer)
     x = torch.randn(layer.input_shape)
     w, b = module.weight, module.bias
+    feed = {"x": x.numpy()}
     if layer.kind.startswith("attention"):
         terms = sum((buffer for name, buffer in module.named_buffers() if name.startswith("score_term")),
                     torch.zeros(()))
-        assert terms.dim() == (3 if layer.score_terms else 0)  # each term [heads, tokens, tokens]
-        expected = torch.softmax(x @ x.transpose(-1, -2) / layer.out_channels ** 0.5 + terms, dim=-1) @ x
+        assert terms.dim() == (3 if layer.score_terms else 0)  # each term [heads, tokens, keys]
+        kv = module.kv.reshape(*layer.input_shape[:2], layer.keys, -1) if layer.keys else x
+        feed.update({"kv": kv.numpy()} if layer.keys else {})
+        expected = torch.softmax(x @ kv.transpose(-1, -2) / layer.out_channels ** 0.5 + terms, dim=-1) @ kv
     elif layer.kind == "linear":
         expected = F.linear(x, w, b)
     else:
@@ -246,7 +251,7 @@ def test_the_one_layer_models_compute_the_layer(layer):
     for lead_in in (False, True):  # the timed model's lead-in computes the identity
         session = ort.InferenceSession(layer_model(layer, lead_in=lead_in).SerializeToString(),
                                        providers=["CPUExecutionProvider"])
-        (onnx_out,) = session.run(None, {"x": x.numpy()})
+        (onnx_out,) = session.run(None, feed)
         np.testing.assert_allclose(onnx_out, expected.numpy(), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(module(x), expected)
 
@@ -574,9 +579,9 @@ def test_a_linear_layer_s_4d_input_is_timed_contiguous_with_the_same_rows():
 
 
 class Attention(torch.nn.Module):
-    """Self-attention over 3 heads of 8 dims, fused: plain, with a mask, with a mask wider than its scores, causal,
-    across two token counts; spelled out: with a bias (and a view) between the products, and across two token
-    counts; 3-D, heads merged into the batch."""
+    """Attention over 3 heads of 8 dims, fused: plain, with a mask, with a mask wider than its scores, causal, over 7
+    keys; spelled out: with a bias (and a view) between the products, and over 7 keys; with v's head dims other than
+    q's; 3-D, heads merged into the batch."""
 
     def __init__(self):
         super().__init__()
@@ -589,20 +594,23 @@ class Attention(torch.nn.Module):
                  sdpa(q, q, q, is_causal=True), sdpa(q, m, m))
         scores = ((q * 0.3) @ q.transpose(-2, -1) + self.bias).view(1, 3, 25).view(1, 3, 5, 5)
         spelled = (torch.softmax(scores, dim=-1) @ q, torch.softmax(q @ m.transpose(-2, -1), dim=-1) @ m)
-        flat = q.reshape(3, 5, 8)
-        return fused + spelled + (torch.softmax(flat @ flat.transpose(1, 2), dim=-1) @ flat,)
+        flat, wide_v = q.reshape(3, 5, 8), torch.cat([q, q], dim=-1)
+        return fused + spelled + (sdpa(q, q, wide_v), torch.softmax(flat @ flat.transpose(1, 2), dim=-1) @ flat)
 
 
 def test_self_attention_is_timed_on_a_grid_of_heads_and_head_dims(tmp_path):
-    """Only self-attention with heads is timed, fused or spelled out (the timers run q, k and v as one input), a mask
-    or bias on its scores as an additive term; its grid steps through heads one at a time, and through head dims by
-    the width multiple; its 3-D probe is the 4-D q as a view."""
+    """Attention with heads whose q and v have one head dim is timed, fused or spelled out, over its keys, a mask or
+    bias on its scores as an additive term; not causal attention; its grid steps through heads one at a time, and
+    through head dims by the width multiple; its 3-D probe is the 4-D q as a view."""
     from prunefx.runtime.cuda.layer_timer import probe_shape
 
     program = capture(Attention().eval(), (torch.randn(1, 5, 24), torch.randn(1, 7, 24)))
-    attention, masked, spelled = [layer for layer in timed_layers(program.module) if layer.kind.startswith("attention")]
-    assert [(layer.kind, layer.score_terms) for layer in (attention, masked, spelled)] == [
-        ("attention", 0), ("attention", 1), ("attention_products", 1)]
+    attention, masked, across, spelled, spelled_across = [
+        layer for layer in timed_layers(program.module) if layer.kind.startswith("attention")]
+    assert [(layer.kind, layer.score_terms, layer.keys) for layer in (attention, masked, across, spelled, spelled_across)
+            ] == [("attention", 0, 0), ("attention", 1, 0), ("attention", 0, 7), ("attention_products", 1, 0),
+                  ("attention_products", 0, 7)]
+    assert across.geometry().endswith(" kv=7") and across.resized(2, 4).keys == 7
     assert spelled.input_shape == attention.input_shape and spelled.geometry().endswith(" t=1")
     assert (attention.input_shape, attention.in_channels, attention.out_channels) == ((1, 3, 5, 8), 3, 8)
     assert attention.resized(2, 4).input_shape == (1, 2, 5, 4)

@@ -49,6 +49,7 @@ class TimedLayer:
     epilogue: tuple[str, ...] = ()   # what runs on its output alone, in order: "batch_norm", then an activation
     batch: int = 1                   # the model's batch size input_shape was found at (not part of the geometry)
     score_terms: int = 0             # attention: tensors added to its scores (a relative-position bias, a mask)
+    keys: int = 0                    # attention: the tokens its k and v hold, where fewer than its q's
 
     @property
     def in_channels(self) -> int:
@@ -77,7 +78,7 @@ class TimedLayer:
         return (f"{self.kind} in={list(self.input_shape)} out={self.out_channels} bias={int(self.bias)} "
                 f"k={list(self.kernel)} s={list(self.stride)} p={list(self.padding)} d={list(self.dilation)} "
                 f"g={self.groups}" + (f" e={'+'.join(self.epilogue)}" if self.epilogue else "")
-                + (f" t={self.score_terms}" if self.score_terms else ""))
+                + (f" t={self.score_terms}" if self.score_terms else "") + (f" kv={self.keys}" if self.keys else ""))
 
 
 LayerTime = Callable[[TimedLayer, int, int], float]  # (dense layer, in width, out width) -> ms
@@ -96,8 +97,9 @@ def timed_layers(module: torch.fx.GraphModule) -> list[TimedLayer]:
         elif node.target is aten.linear.default:
             layer = _linear(node)
         elif (attention := timed_attention(node)) is not None:
+            keys = attention.keys if attention.keys != attention.shape[2] else 0
             layer = TimedLayer(node.name, "attention" if attention.fused else "attention_products", attention.shape,
-                               attention.shape[-1], False, score_terms=attention.score_terms)
+                               attention.shape[-1], False, score_terms=attention.score_terms, keys=keys)
         else:
             continue
         if layer is not None:

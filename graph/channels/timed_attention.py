@@ -1,14 +1,15 @@
 """The self-attentions a latency table times (plan_latency.py), found in a captured graph in either spelling.
 
-- fused: one scaled_dot_product_attention whose q, k and v share one 4-D shape, without causality, dropout or
+- fused: one scaled_dot_product_attention over q [N, heads, tokens, dim] and k, v [N, heads, keys, dim] (keys: as
+  many tokens, or fewer, as PVT's and SegFormer's spatial reduction leaves), without causality, dropout or
   grouped heads (a custom scale does not change its time), and with at most a mask that broadcasts to its scores
   (MaxViT's relative-position bias), an additive term;
 - spelled out: matmul(q, kᵀ), then only scalar scalings, views and additive terms (Swin's relative-position
-  bias and shift mask) up to a softmax over the last dim, then (an inference dropout aside) matmul(·, v), q and v
-  of one 4-D shape [N, heads, tokens, dim] and kᵀ its transpose. The second product stands for the whole.
+  bias and shift mask) up to a softmax over the last dim, then (an inference dropout aside) matmul(·, v), with q, kᵀ
+  and v of those shapes. The second product stands for the whole.
 
-Either way the timers run q, k and v as one input, so attention across two token counts, or whose q and v head
-dims differ in the dense model, is not timed; nor is attention whose heads are merged into the batch (3-D).
+Either way the timers run k and v as one input, and q and v of one head dim, so attention whose q and v head dims
+differ in the dense model is not timed; nor is attention whose heads are merged into the batch (3-D).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class TimedAttention:
     fused: bool                       # one scaled_dot_product_attention, else spelled out
     products: tuple[torch.fx.Node, ...]  # the nodes whose MACs are the attention's
     score_terms: int = 0              # tensors added to the scores before the softmax
+    keys: int = 0                     # the tokens k and v hold
 
 
 def timed_attention(node: torch.fx.Node) -> TimedAttention | None:
@@ -55,14 +57,23 @@ def _argument(node: torch.fx.Node, index: int, name: str, default):
 
 def _fused(node: torch.fx.Node) -> TimedAttention | None:
     shapes = [_shape(arg) for arg in node.args[:3]]
-    if len(shapes) < 3 or shapes[0] is None or len(shapes[0]) != 4 or not shapes[0] == shapes[1] == shapes[2]:
+    keys = _keys(*shapes) if len(shapes) == 3 else None
+    if keys is None:
         return None
     mask = _argument(node, 3, "attn_mask", None)
-    if mask is not None and not _broadcasts(_shape(mask), (*shapes[0][:3], shapes[0][2])):
+    if mask is not None and not _broadcasts(_shape(mask), (*shapes[0][:3], keys)):
         return None
     plain = (not _argument(node, 4, "dropout_p", 0.0) and not _argument(node, 5, "is_causal", False)
              and not node.kwargs.get("enable_gqa", False))
-    return TimedAttention(node.args[0], node.args[2], shapes[0], True, (node,), int(mask is not None)) if plain else None
+    return TimedAttention(node.args[0], node.args[2], shapes[0], True, (node,), int(mask is not None),
+                          keys) if plain else None
+
+
+def _keys(q, k, v) -> int | None:
+    """The tokens of k and v where q [N, heads, tokens, dim], and k and v [N, heads, keys, dim]; else None."""
+    if q is None or len(q) != 4 or k is None or k != v or len(k) != 4 or (*k[:2], k[3]) != (*q[:2], q[3]):
+        return None
+    return k[2]
 
 
 def _broadcasts(shape: tuple[int, ...] | None, scores: tuple[int, ...]) -> bool:
@@ -85,10 +96,10 @@ def _spelled_out(node: torch.fx.Node) -> TimedAttention | None:
     if scores is None or scores.target not in _PRODUCTS:
         return None
     q, k_t = scores.args[:2]
-    shape, shapes = _shape(q), (_shape(k_t), _shape(v))
-    if shape is None or len(shape) != 4 or shapes != ((*shape[:2], shape[3], shape[2]), shape):
-        return None
-    return TimedAttention(q, v, shape, False, (scores, node), terms)
+    transposed, shape = _shape(k_t), _shape(q)
+    key_shape = None if transposed is None or len(transposed) != 4 else (*transposed[:2], transposed[3], transposed[2])
+    keys = _keys(shape, key_shape, _shape(v))
+    return None if keys is None else TimedAttention(q, v, shape, False, (scores, node), terms, keys)
 
 
 def _scores_product(value) -> tuple[torch.fx.Node | None, int]:

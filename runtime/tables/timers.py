@@ -96,22 +96,39 @@ def _onnx_epilogue(layer: TimedLayer, source: str) -> tuple[list, list]:
     return nodes, initializers
 
 
+def key_shape(layer: TimedLayer) -> tuple[int, ...]:
+    """An attention's k and v: [N, heads, keys, dim] (as many tokens as q where the layer names no other count)."""
+    batch, heads, tokens, dim = layer.input_shape
+    return batch, heads, layer.keys or tokens, dim
+
+
 def _score_terms(layer: TimedLayer) -> list[np.ndarray]:
     """What an attention adds to its scores (a relative-position bias, a shift mask, a mask): one random
-    [heads, tokens, tokens] tensor per term, broadcast over the batch (its values do not change the time)."""
+    [heads, tokens, keys] tensor per term, broadcast over the batch (its values do not change the time)."""
     rng = np.random.default_rng(2)
     _, heads, tokens, _ = layer.input_shape
-    return [(0.1 * rng.standard_normal((heads, tokens, tokens))).astype(np.float32) for _ in range(layer.score_terms)]
+    keys = key_shape(layer)[2]
+    return [(0.1 * rng.standard_normal((heads, tokens, keys))).astype(np.float32) for _ in range(layer.score_terms)]
+
+
+def layer_feed(layer: TimedLayer) -> dict[str, np.ndarray]:
+    """Random inputs of a one-layer model: `x`, and an attention's `kv` where its k and v hold fewer tokens."""
+    rng = np.random.default_rng(1)
+    feed = {"x": rng.standard_normal(layer.input_shape).astype(np.float32)}
+    if layer.keys:
+        feed["kv"] = rng.standard_normal(key_shape(layer)).astype(np.float32)
+    return feed
 
 
 def _onnx_attention(layer: TimedLayer, result: str) -> tuple[list, list]:
-    """softmax(q kᵀ / sqrt(dim)) v on x as q, k and v, as the exporter writes it: fused, q and kᵀ each scaled by
+    """softmax(q kᵀ / sqrt(dim)) v on x as q, and x (or kv, where fewer tokens) as k and v, as the exporter writes it: fused, q and kᵀ each scaled by
     dim^-1/4 (which ONNX Runtime fuses into the product); spelled out, q scaled by dim^-1/2. Then the scores'
     additive terms (a mask, a bias) and the two products around a softmax."""
     dim, fused = layer.input_shape[-1], layer.kind == "attention"
     initializers = [numpy_helper.from_array(np.array(dim ** (-0.25 if fused else -0.5), np.float32), "scale")]
+    source = "kv" if layer.keys else "x"
     nodes = [helper.make_node("Mul", ["x", "scale"], ["q"]),
-             helper.make_node("Transpose", ["x"], ["kt" if fused else "keys"], perm=[0, 1, 3, 2])]
+             helper.make_node("Transpose", [source], ["kt" if fused else "keys"], perm=[0, 1, 3, 2])]
     if fused:
         nodes.append(helper.make_node("Mul", ["kt", "scale"], ["keys"]))
     nodes.append(helper.make_node("MatMul", ["q", "keys"], ["s0"]))
@@ -119,7 +136,7 @@ def _onnx_attention(layer: TimedLayer, result: str) -> tuple[list, list]:
         initializers.append(numpy_helper.from_array(term, f"term{index}"))
         nodes.append(helper.make_node("Add", [f"s{index}", f"term{index}"], [f"s{index + 1}"]))
     nodes += [helper.make_node("Softmax", [f"s{layer.score_terms}"], ["p"], axis=-1),
-              helper.make_node("MatMul", ["p", "x"], [result])]
+              helper.make_node("MatMul", ["p", source], [result])]
     return nodes, initializers
 
 
@@ -163,9 +180,10 @@ def layer_model(layer: TimedLayer, *, lead_in: bool = False) -> onnx.ModelProto:
         nodes, initializers = _onnx_linear(layer, result)
     tail, extra = _onnx_epilogue(layer, result)
     nodes, initializers = nodes + tail, initializers + extra
-    graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                               list(layer.input_shape))],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializers)
+    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, list(value.shape))
+              for name, value in layer_feed(layer).items()]
+    graph = helper.make_graph(nodes, "layer", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              initializers)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
 
 
@@ -196,7 +214,7 @@ class OnnxRuntimeLayerTimer:
         return self._median(layer)
 
     def _median(self, layer: TimedLayer) -> float:
-        feed = {"x": np.random.default_rng(1).standard_normal(layer.input_shape).astype(np.float32)}
+        feed = layer_feed(layer)
         lead_in = layer.kind == "conv2d"  # its lead-in convolution runs first and is not the layer's time
         with subnormal_mode(self.flush_denormals):  # this thread computes too, as the session's workers do
             return median_kernel_ms(layer_model(layer, lead_in=lead_in).SerializeToString(), feed,
@@ -218,6 +236,9 @@ class LayerModule(torch.nn.Module):
         self.weight = self.bias = None
         for index, term in enumerate(_score_terms(layer) if layer.kind in ATTENTION_KINDS else ()):
             self.register_buffer(f"score_term{index}", torch.from_numpy(term))
+        if layer.keys:  # k and v, 3-D: a device that makes 4-D tensors channels_last leaves it as fused kernels read it
+            batch, heads, keys, dim = key_shape(layer)
+            self.register_buffer("kv", torch.from_numpy(layer_feed(layer)["kv"]).reshape(batch * heads, keys, dim))
         if layer.kind not in ATTENTION_KINDS:
             weight, bias = _weights(layer)
             self.weight = torch.nn.Parameter(torch.from_numpy(weight), requires_grad=False)
@@ -250,12 +271,13 @@ class LayerModule(torch.nn.Module):
 
     def _attention(self, x: torch.Tensor) -> torch.Tensor:
         """Fused where the model runs it fused (a GPU's flash kernels), else its products as the model spells them."""
+        kv = self.kv.reshape(key_shape(self.layer)) if self.layer.keys else x
         if self.layer.kind == "attention":  # with its mask, an additive term, where it has one
-            return F.scaled_dot_product_attention(x, x, x, attn_mask=getattr(self, "score_term0", None))
-        scores = (x * x.shape[-1] ** -0.5) @ x.transpose(-2, -1)
+            return F.scaled_dot_product_attention(x, kv, kv, attn_mask=getattr(self, "score_term0", None))
+        scores = (x * x.shape[-1] ** -0.5) @ kv.transpose(-2, -1)
         for index in range(self.layer.score_terms):
             scores = scores + getattr(self, f"score_term{index}")
-        return torch.softmax(scores, dim=-1) @ x
+        return torch.softmax(scores, dim=-1) @ kv
 
 
 TimeModule = Callable[[torch.nn.Module, tuple], float]  # (module, inputs) -> ms of one call
