@@ -1,4 +1,4 @@
-"""The self-attentions a latency table times (plan_latency.py), found in a captured graph in either spelling.
+"""The attentions a latency table times (plan_latency.py), found in a captured graph in either spelling.
 
 - fused: one scaled_dot_product_attention over q [N, heads, tokens, dim] and k, v [N, heads, keys, dim] (keys: as
   many tokens, or fewer, as PVT's and SegFormer's spatial reduction leaves), without causality, dropout or
@@ -33,7 +33,7 @@ _PASS_THROUGH = {aten.dropout.default, aten.clone.default, aten.alias.default}  
 class TimedAttention:
     q: torch.fx.Node
     v: torch.fx.Node
-    shape: tuple[int, ...]            # q's (and k's and v's): [N, heads, tokens, dim]
+    shape: tuple[int, ...]            # q's: [N, heads, tokens, dim] (k and v: `keys` tokens)
     fused: bool                       # one scaled_dot_product_attention, else spelled out
     products: tuple[torch.fx.Node, ...]  # the nodes whose MACs are the attention's
     score_terms: int = 0              # tensors added to the scores before the softmax
