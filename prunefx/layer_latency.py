@@ -28,11 +28,11 @@ if TYPE_CHECKING:
 def latency_table(program: Program, backend: str = "ort", *, precision: str | None = None, batch: int = 1,
                   threads: int | None = None, multiple: int | None = None, cache_dir: str | None = None,
                   measurement: Measurement | None = None):
-    """Every prunable 2-D convolution, linear layer and self-attention of `program` timed alone on `backend` at `precision`
-    (None: the backend's), `batch` and `threads`, at a few widths in steps of `multiple` (None: the backend's
-    width multiple, the one to prune to), cached on disk under `cache_dir` (None: the user cache), so a second
-    call times nothing. `measurement` (a runtime.measure.pairs.Measurement) stands for backend, precision, batch
-    and threads. Returns the table: a callable (layer, in_channels, out_channels) -> ms with `summary()`."""
+    """Every prunable 2-D convolution, linear layer and attention of `program` timed alone on `backend` at
+    `precision` (None: the backend's), `batch` and `threads`, at a few widths in steps of `multiple` (None: the
+    backend's width multiple, the one to prune to), cached on disk under `cache_dir` (None: the user cache), so a
+    second call times nothing. `measurement` (a runtime.measure.pairs.Measurement) stands for backend, precision,
+    batch and threads. Returns the table: a callable (layer, in_channels, out_channels) -> ms with `summary()`."""
     from prunefx.runtime import LATENCY_THREADS
     from prunefx.runtime.measure.pairs import Measurement
     from prunefx.runtime.tables.table import program_latency_table

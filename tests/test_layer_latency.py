@@ -607,8 +607,8 @@ def test_self_attention_is_timed_on_a_grid_of_heads_and_head_dims(tmp_path):
     program = capture(Attention().eval(), (torch.randn(1, 5, 24), torch.randn(1, 7, 24)))
     attention, masked, across, spelled, spelled_across = [
         layer for layer in timed_layers(program.module) if layer.kind.startswith("attention")]
-    assert [(layer.kind, layer.score_terms, layer.keys) for layer in (attention, masked, across, spelled, spelled_across)
-            ] == [("attention", 0, 0), ("attention", 1, 0), ("attention", 0, 7), ("attention_products", 1, 0),
+    found = (attention, masked, across, spelled, spelled_across)
+    assert [(layer.kind, layer.score_terms, layer.keys) for layer in found] == [("attention", 0, 0), ("attention", 1, 0), ("attention", 0, 7), ("attention_products", 1, 0),
                   ("attention_products", 0, 7)]
     assert across.geometry().endswith(" kv=7") and across.resized(2, 4).keys == 7
     assert spelled.input_shape == attention.input_shape and spelled.geometry().endswith(" t=1")

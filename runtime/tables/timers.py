@@ -111,19 +111,26 @@ def _score_terms(layer: TimedLayer) -> list[np.ndarray]:
     return [(0.1 * rng.standard_normal((heads, tokens, keys))).astype(np.float32) for _ in range(layer.score_terms)]
 
 
+def _input_shapes(layer: TimedLayer) -> dict[str, tuple[int, ...]]:
+    """The inputs of a one-layer model: `x`, and an attention's `kv` where its k and v hold fewer tokens."""
+    return {"x": tuple(layer.input_shape), **({"kv": key_shape(layer)} if layer.keys else {})}
+
+
+def _key_values(layer: TimedLayer) -> np.ndarray:
+    """Random k and v of an attention over fewer tokens (the module's buffer, the ONNX model's `kv` input)."""
+    return np.random.default_rng(3).standard_normal(key_shape(layer)).astype(np.float32)
+
+
 def layer_feed(layer: TimedLayer) -> dict[str, np.ndarray]:
-    """Random inputs of a one-layer model: `x`, and an attention's `kv` where its k and v hold fewer tokens."""
-    rng = np.random.default_rng(1)
-    feed = {"x": rng.standard_normal(layer.input_shape).astype(np.float32)}
-    if layer.keys:
-        feed["kv"] = rng.standard_normal(key_shape(layer)).astype(np.float32)
-    return feed
+    """Random inputs of a one-layer model (_input_shapes)."""
+    feed = {"x": np.random.default_rng(1).standard_normal(layer.input_shape).astype(np.float32)}
+    return {**feed, "kv": _key_values(layer)} if layer.keys else feed
 
 
 def _onnx_attention(layer: TimedLayer, result: str) -> tuple[list, list]:
-    """softmax(q kᵀ / sqrt(dim)) v on x as q, and x (or kv, where fewer tokens) as k and v, as the exporter writes it: fused, q and kᵀ each scaled by
-    dim^-1/4 (which ONNX Runtime fuses into the product); spelled out, q scaled by dim^-1/2. Then the scores'
-    additive terms (a mask, a bias) and the two products around a softmax."""
+    """softmax(q kᵀ / sqrt(dim)) v with x as q, and x (or kv, where fewer tokens) as k and v, as the exporter writes
+    it: fused, q and kᵀ each scaled by dim^-1/4 (which ONNX Runtime fuses into the product); spelled out, q scaled
+    by dim^-1/2. Then the scores' additive terms (a mask, a bias) and the two products around a softmax."""
     dim, fused = layer.input_shape[-1], layer.kind == "attention"
     initializers = [numpy_helper.from_array(np.array(dim ** (-0.25 if fused else -0.5), np.float32), "scale")]
     source = "kv" if layer.keys else "x"
@@ -180,8 +187,8 @@ def layer_model(layer: TimedLayer, *, lead_in: bool = False) -> onnx.ModelProto:
         nodes, initializers = _onnx_linear(layer, result)
     tail, extra = _onnx_epilogue(layer, result)
     nodes, initializers = nodes + tail, initializers + extra
-    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, list(value.shape))
-              for name, value in layer_feed(layer).items()]
+    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
+              for name, shape in _input_shapes(layer).items()]
     graph = helper.make_graph(nodes, "layer", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                               initializers)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
@@ -236,9 +243,9 @@ class LayerModule(torch.nn.Module):
         self.weight = self.bias = None
         for index, term in enumerate(_score_terms(layer) if layer.kind in ATTENTION_KINDS else ()):
             self.register_buffer(f"score_term{index}", torch.from_numpy(term))
-        if layer.keys:  # k and v, 3-D: a device that makes 4-D tensors channels_last leaves it as fused kernels read it
+        if layer.keys:  # k and v 3-D: a device that makes 4-D tensors channels_last leaves it as fused kernels read it
             batch, heads, keys, dim = key_shape(layer)
-            self.register_buffer("kv", torch.from_numpy(layer_feed(layer)["kv"]).reshape(batch * heads, keys, dim))
+            self.register_buffer("kv", torch.from_numpy(_key_values(layer)).reshape(batch * heads, keys, dim))
         if layer.kind not in ATTENTION_KINDS:
             weight, bias = _weights(layer)
             self.weight = torch.nn.Parameter(torch.from_numpy(weight), requires_grad=False)
@@ -261,7 +268,7 @@ class LayerModule(torch.nn.Module):
         layer = self.layer
         if layer.kind == "linear":
             return F.linear(x, self.weight, self.bias)
-        if layer.kind in ATTENTION_KINDS:  # a view where the input is laid out flat (runtime/cuda/layer_timer.probe_shape)
+        if layer.kind in ATTENTION_KINDS:  # a view of an input laid out flat (runtime/cuda/layer_timer.probe_shape)
             return self._attention(x.reshape(layer.input_shape))
         top, left, bottom, right = layer.padding
         if (top, left) != (bottom, right):
