@@ -608,8 +608,9 @@ def test_self_attention_is_timed_on_a_grid_of_heads_and_head_dims(tmp_path):
     attention, masked, across, spelled, spelled_across = [
         layer for layer in timed_layers(program.module) if layer.kind.startswith("attention")]
     found = (attention, masked, across, spelled, spelled_across)
-    assert [(layer.kind, layer.score_terms, layer.keys) for layer in found] == [("attention", 0, 0), ("attention", 1, 0), ("attention", 0, 7), ("attention_products", 1, 0),
-                  ("attention_products", 0, 7)]
+    assert [(layer.kind, layer.score_terms, layer.keys) for layer in found] == [
+        ("attention", 0, 0), ("attention", 1, 0), ("attention", 0, 7), ("attention_products", 1, 0),
+        ("attention_products", 0, 7)]
     assert across.geometry().endswith(" kv=7") and across.resized(2, 4).keys == 7
     assert spelled.input_shape == attention.input_shape and spelled.geometry().endswith(" t=1")
     assert (attention.input_shape, attention.in_channels, attention.out_channels) == ((1, 3, 5, 8), 3, 8)
