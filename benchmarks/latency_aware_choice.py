@@ -57,7 +57,7 @@ from fashion_mnist_accuracy import baseline
 
 from prunefx.data.splits import fashion_mnist_data
 from prunefx.graph import Program, capture, count
-from prunefx.graph.channels.plan_latency import timed_layers
+from prunefx.graph.channels.timed_layers import timed_layers
 from prunefx.graph.rebatch import rebatch
 from prunefx.models import build_model
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm

@@ -9,7 +9,7 @@ choices at equal MACs the same way."""
 from __future__ import annotations
 
 from prunefx.graph import Program, count
-from prunefx.graph.channels.plan_latency import timed_layers
+from prunefx.graph.channels.timed_layers import timed_layers
 from prunefx.passes.remove_channels import remove_channels
 
 TOLERANCE = 0.03  # remove_channels' own (graph/channels/selection.TARGET_TOLERANCE): a plan within it is met

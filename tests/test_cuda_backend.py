@@ -21,7 +21,7 @@ from torch import nn
 
 from prunefx.cli import EXIT_USER_ERROR, main
 from prunefx.graph import Program, capture
-from prunefx.graph.channels.plan_latency import timed_layers
+from prunefx.graph.channels.timed_layers import timed_layers
 from prunefx.graph.errors import PrunefxError
 from prunefx.runtime import latency_pair
 from prunefx.runtime.backends import Settings

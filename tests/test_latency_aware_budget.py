@@ -14,7 +14,7 @@ import torch
 
 from prunefx.budget import meet_budget
 from prunefx.graph import Program, capture, count
-from prunefx.graph.channels.plan_latency import timed_layers
+from prunefx.graph.channels.timed_layers import timed_layers
 from prunefx.graph.errors import PrunefxError
 from prunefx.models import build_model
 from prunefx.passes.budget.measurement import Timing

@@ -12,9 +12,9 @@ import torch
 from prunefx.graph import capture
 from prunefx.graph.channels.groups import find_channel_groups
 from prunefx.graph.channels.importance import Importance
-from prunefx.graph.channels.plan_latency import timed_layers
 from prunefx.graph.channels.removal import remove_classes
 from prunefx.graph.channels.selection import Selector, Target
+from prunefx.graph.channels.timed_layers import timed_layers
 from prunefx.graph.counting import node_macs
 from prunefx.graph.errors import PrunefxError
 from prunefx.models import build_model

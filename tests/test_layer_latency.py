@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from prunefx.graph import capture
-from prunefx.graph.channels.plan_latency import TimedLayer, timed_layers
+from prunefx.graph.channels.timed_layers import TimedLayer, timed_layers
 from prunefx.runtime import backends
 from prunefx.runtime.backends import Settings
 from prunefx.runtime.cuda.graph import CudaDevice
@@ -655,7 +655,7 @@ def test_the_public_table_times_a_program_on_cuda_n_on_that_gpu(monkeypatch, tmp
 def test_a_table_entry_takes_the_same_few_runs_on_every_backend_that_times_it_as_a_program(monkeypatch):
     """An entry on a backend timed through `time_program` (TensorRT, torch) gets at most 3 warm-up and 10 timed
     runs, as ONNX Runtime's entries do, not the 50 of a whole-model measurement: a table has hundreds of entries."""
-    from prunefx.graph.channels.plan_latency import TimedLayer
+    from prunefx.graph.channels.timed_layers import TimedLayer
     from prunefx.runtime.backends.torch_eager import TorchEagerBackend
     from prunefx.runtime.tables.timer_by_name import BackendLayerTimer
 

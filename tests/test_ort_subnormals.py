@@ -16,7 +16,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from prunefx.graph.channels.plan_latency import TimedLayer
+from prunefx.graph.channels.timed_layers import TimedLayer
 from prunefx.runtime.ort.runners import onnx_runner
 from prunefx.runtime.ort.session import OnnxRuntimeSession
 from prunefx.runtime.tables import timers

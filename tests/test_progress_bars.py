@@ -18,7 +18,7 @@ from torch import nn
 from prunefx.budget.routes import measured_by
 from prunefx.graph import capture
 from prunefx.graph import progress as graph_progress
-from prunefx.graph.channels.plan_latency import timed_layers
+from prunefx.graph.channels.timed_layers import timed_layers
 from prunefx.graph.progress import shown
 from prunefx.passes import remove_channels, sparsify_nm
 from prunefx.passes.budget.measurement import Ask, drive

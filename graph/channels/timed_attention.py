@@ -1,4 +1,4 @@
-"""The attentions a latency table times (plan_latency.py), found in a captured graph in either spelling.
+"""The attentions a latency table times (timed_layers.py), found in a captured graph in either spelling.
 
 - fused: one scaled_dot_product_attention over q [N, heads, tokens, dim] and k, v [N, heads, keys, dim] (keys: as
   many tokens, or fewer, as PVT's and SegFormer's spatial reduction leaves), without causality, dropout or

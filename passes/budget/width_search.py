@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prunefx.graph import Program
-from prunefx.graph.channels.plan_latency import timed_layers
+from prunefx.graph.channels.timed_layers import timed_layers
 from prunefx.graph.counted import counted
 from prunefx.passes.budget.measurement import Ask, Steps, wanted_speedup
 from prunefx.passes.budget.search import (

@@ -19,7 +19,7 @@ from collections import OrderedDict
 
 import torch
 
-from prunefx.graph.channels.plan_latency import ATTENTION_KINDS, TimedLayer
+from prunefx.graph.channels.timed_layers import ATTENTION_KINDS, TimedLayer
 from prunefx.runtime.cuda.graph import CudaDevice, GpuModel, capture_batch_limit
 from prunefx.runtime.measure.gpu_latency import measure_gpu_latency
 from prunefx.runtime.tables.timers import LayerModule

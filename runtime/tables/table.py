@@ -1,5 +1,5 @@
 """A per-layer latency table: each timed layer of a Program (2-D convolutions, linear layers, attention; see
-graph/channels/plan_latency.py) timed on a backend at the widths pruning can give it, cached on disk per
+graph/channels/timed_layers.py) timed on a backend at the widths pruning can give it, cached on disk per
 device, and handed to channel selection as remove_channels' `latency_table` (its `layer_time` target).
 
 Layers are timed alone (no neighbours, traffic or fusions: a table only chooses channels, a whole-model
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from prunefx.graph import Program
-from prunefx.graph.channels.plan_latency import ATTENTION_KINDS, TimedLayer, timed_layers
+from prunefx.graph.channels.timed_layers import ATTENTION_KINDS, TimedLayer, timed_layers
 from prunefx.graph.errors import PrunefxError
 from prunefx.graph.progress import progress_bar
 from prunefx.runtime.errors import MeasurementError

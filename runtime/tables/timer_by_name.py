@@ -23,7 +23,7 @@ from dataclasses import replace
 import torch
 
 from prunefx.graph import capture
-from prunefx.graph.channels.plan_latency import TimedLayer
+from prunefx.graph.channels.timed_layers import TimedLayer
 from prunefx.runtime import backends
 from prunefx.runtime.backends.base import Backend, Settings
 from prunefx.runtime.tables.table import LayerTimer

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
-from prunefx.graph.channels.plan_latency import ATTENTION_KINDS, TimedLayer
+from prunefx.graph.channels.timed_layers import ATTENTION_KINDS, TimedLayer
 from prunefx.graph.counted import counted
 from prunefx.runtime.measure.latency import measure_latency
 from prunefx.runtime.measure.width_multiple import CPUINFO
@@ -257,7 +257,7 @@ class LayerModule(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self._layer(x)
         for op in self.layer.epilogue:
-            if op == "batch_norm":  # after a convolution only (graph/channels/plan_latency.epilogue)
+            if op == "batch_norm":  # after a convolution only (graph/channels/timed_layers.epilogue)
                 y = F.batch_norm(y, self.norm_mean, self.norm_var, self.norm_scale, self.norm_shift, False, 0.0,
                                  NORM_EPS)
             else:
