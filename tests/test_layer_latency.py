@@ -21,15 +21,10 @@ from prunefx.runtime.backends import Settings
 from prunefx.runtime.cuda.graph import CudaDevice
 from prunefx.runtime.errors import BackendUnavailableError, MeasurementError
 from prunefx.runtime.ort.kernel_profile import kernel_ms_by_operator, kernel_ms_per_run
+from prunefx.runtime.tables.layer_models import LayerModule, layer_model
 from prunefx.runtime.tables.table import build_latency_table, grid_widths, program_latency_table
 from prunefx.runtime.tables.timer_by_name import layer_timer
-from prunefx.runtime.tables.timers import (
-    LayerModule,
-    OnnxRuntimeLayerTimer,
-    TorchLayerTimer,
-    cpu_model,
-    layer_model,
-)
+from prunefx.runtime.tables.timers import OnnxRuntimeLayerTimer, TorchLayerTimer, cpu_model
 
 CONV = TimedLayer("conv", "conv2d", (1, 64, 8, 8), 32, True, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)
 

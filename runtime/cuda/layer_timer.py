@@ -1,4 +1,4 @@
-"""Latency-table entries on the cuda backend: each layer at each width a plain module (runtime/tables/timers.
+"""Latency-table entries on the cuda backend: each layer at each width a plain module (runtime/tables/layer_models.
 LayerModule) placed on the GPU and timed as runtime/cuda/graph.GpuModel times a whole model (a CUDA graph of
 enough iterations to hide its launch, many replays per sample), with no export and no capture of a Program.
 
@@ -22,7 +22,7 @@ import torch
 from prunefx.graph.channels.timed_layers import ATTENTION_KINDS, TimedLayer
 from prunefx.runtime.cuda.graph import CudaDevice, GpuModel, capture_batch_limit
 from prunefx.runtime.measure.gpu_latency import measure_gpu_latency
-from prunefx.runtime.tables.timers import LayerModule
+from prunefx.runtime.tables.layer_models import LayerModule
 
 RUNS, WARMUP = 20, 3  # samples per entry, each already many replays long
 INPUTS_KEPT = 4        # placed inputs kept, the most recently used shapes

@@ -2,7 +2,7 @@
 backend (runtime/backends/).
 
 `layer_timer(name, settings)`:
-- `ort`: OnnxRuntimeLayerTimer (runtime/tables/timers.py), a one-node ONNX model per layer and width at
+- `ort`: OnnxRuntimeLayerTimer (runtime/tables/timers.py), a one-layer ONNX model per layer and width at
   `settings.threads`: no capture and no export, so a table of a few hundred entries takes seconds;
 - a backend with its own `layer_timer(settings)` (`cuda`: runtime/cuda/layer_timer.py, plain layer modules
   replayed as CUDA graphs, no export or capture per entry): that timer;
@@ -26,8 +26,9 @@ from prunefx.graph import capture
 from prunefx.graph.channels.timed_layers import TimedLayer
 from prunefx.runtime import backends
 from prunefx.runtime.backends.base import Backend, Settings
+from prunefx.runtime.tables.layer_models import LayerModule
 from prunefx.runtime.tables.table import LayerTimer
-from prunefx.runtime.tables.timers import LayerModule, OnnxRuntimeLayerTimer, cpu_model
+from prunefx.runtime.tables.timers import OnnxRuntimeLayerTimer, cpu_model
 
 ENTRY_WARMUP, ENTRY_RUNS = 3, 10  # an entry's most warm-up and timed runs, on every backend but cuda
 
