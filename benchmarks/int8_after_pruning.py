@@ -41,7 +41,7 @@ from prunefx.graph import Program, count
 from prunefx.passes.quantize_int8 import quantize_int8
 from prunefx.passes.recalibrate_batchnorm import recalibrate_batchnorm
 from prunefx.passes.remove_channels import remove_channels
-from prunefx.runtime.measure.speedup import exported_file
+from prunefx.runtime.measure.measured_files import exported_file
 from prunefx.runtime.onnx.quantize_static import quantize_static_file
 
 NAME = "int8_after_pruning"

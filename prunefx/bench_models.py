@@ -20,7 +20,7 @@ from prunefx.loading import program_from_reference
 from prunefx.models import check_input_shape, parse_input_shape
 from prunefx.runtime import OnnxRuntimeSession, backends
 from prunefx.runtime.backends import Backend, BenchModel, Settings
-from prunefx.runtime.measure.speedup import deployed, exported_file
+from prunefx.runtime.measure.measured_files import deployed, exported_file
 from prunefx.runtime.model_precision import require_float32
 from prunefx.runtime.ort.runners import timing_flushes_denormals
 from prunefx.runtime.ort.session import shape_fits

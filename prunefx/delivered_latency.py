@@ -22,8 +22,9 @@ from prunefx.runtime import backends, onnx_side_by_side
 from prunefx.runtime.backends import Settings
 from prunefx.runtime.backends.base import CPU_BACKEND
 from prunefx.runtime.measure.latency import LatencyComparison, LatencyStats
+from prunefx.runtime.measure.measured_files import deployed
 from prunefx.runtime.measure.pairs import Measurement
-from prunefx.runtime.measure.speedup import PairMeasurer, deployed
+from prunefx.runtime.measure.speedup import PairMeasurer
 
 ORT_NAME = "onnxruntime"  # report.json's name of the default backend's final timing
 STAGE_TIMED_RUNS = 30  # per model and stage: enough to see a stage's effect, a fraction of the final timing

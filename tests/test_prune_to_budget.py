@@ -200,12 +200,14 @@ def test_measured_on_onnx_runtime():
 
 
 def _recording_exports(monkeypatch, record):
-    """runtime.measure.speedup, its exports recorded (`record(program, exporter)` each) into the list returned."""
+    """runtime.measure.speedup, the exports of its measurements (runtime.measure.measured_files) recorded
+    (`record(program, exporter)` each) into the list returned."""
     import importlib
 
     speedup = importlib.import_module("prunefx.runtime.measure.speedup")
-    exported, real = [], speedup.exported_file
-    monkeypatch.setattr(speedup, "exported_file", lambda program, path, batch, exporter, **options: exported.append(
+    files = importlib.import_module("prunefx.runtime.measure.measured_files")
+    exported, real = [], files.exported_file
+    monkeypatch.setattr(files, "exported_file", lambda program, path, batch, exporter, **options: exported.append(
         record(program, exporter)) or real(program, path, batch, exporter, **options))
     return speedup, exported
 

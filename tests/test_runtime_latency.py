@@ -327,7 +327,7 @@ def test_a_gpu_sample_of_a_short_call_holds_enough_back_to_back_calls_to_hide_it
 def test_the_files_a_measurement_exports_stay_bounded_and_come_back_when_met_again():
     """A merge pass or a budget search meets a new candidate at every step: only the files used last stay on
     disk (the dense model's among them), and a Program met again after its file went is exported again."""
-    from prunefx.runtime.measure.speedup import ExportCache
+    from prunefx.runtime.measure.measured_files import ExportCache
     exported = []
 
     def export(program, path, batch, exporter, opset):
@@ -359,9 +359,9 @@ def test_a_budget_times_its_files_at_the_opset_the_model_is_delivered_at(monkeyp
 
     from prunefx.runtime.measure.pairs import Measurement
 
-    speedup = importlib.import_module("prunefx.runtime.measure.speedup")
-    asked, real = [], speedup.export_onnx
-    monkeypatch.setattr(speedup, "export_onnx", lambda program, path, **options: (
+    files = importlib.import_module("prunefx.runtime.measure.measured_files")
+    asked, real = [], files.export_onnx
+    monkeypatch.setattr(files, "export_onnx", lambda program, path, **options: (
         asked.append((options["exporter"], options["opset"])), real(program, path, **options))[1])
     dense = capture(torch.nn.Linear(16, 16).eval(), torch.randn(1, 16), name="dense")
     candidate = capture(torch.nn.Linear(16, 8).eval(), torch.randn(1, 16), name="candidate")

@@ -23,7 +23,8 @@ from prunefx.runtime.errors import BackendUnavailableError, MeasurementError
 from prunefx.runtime.measure import gpu_latency
 from prunefx.runtime.measure.gpu_latency import compare_gpu_latency, measure_gpu_latency
 from prunefx.runtime.measure.latency import compare_latency, measure_latency
-from prunefx.runtime.measure.speedup import Measure, PairMeasurer, deployed, exported_file, speedup_of
+from prunefx.runtime.measure.measured_files import deployed, exported_file
+from prunefx.runtime.measure.speedup import Measure, PairMeasurer, speedup_of
 from prunefx.runtime.tensorrt.layer_profile import LayerProfile
 
 CPU_BACKEND = "ort"  # what a machine without the backend's GPU or TensorRT can measure on

@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Sequence
 
 from prunefx.graph import Program
+from prunefx.graph.fingerprint import fingerprint
 from prunefx.runtime.backends.base import Backend, BenchModel, Settings
 from prunefx.runtime.backends.facts import CudaFacts
 from prunefx.runtime.backends.gpu_pair import gpu_timing, pair_of
@@ -23,7 +24,8 @@ from prunefx.runtime.cuda.layer_timer import CudaLayerTimer
 from prunefx.runtime.cuda.node_profile import cuda_profile
 from prunefx.runtime.errors import BackendUnavailableError, MeasurementError
 from prunefx.runtime.measure.last_used import LastUsed
-from prunefx.runtime.measure.speedup import PairMeasurer, deployed, fingerprint
+from prunefx.runtime.measure.measured_files import deployed
+from prunefx.runtime.measure.speedup import PairMeasurer
 from prunefx.runtime.measure.width_multiple import CUDA_TENSOR_CORE_MULTIPLE
 from prunefx.runtime.tensorrt.layer_profile import LayerProfile
 

@@ -8,7 +8,7 @@ import functools
 from prunefx.runtime.backends.base import Backend
 from prunefx.runtime.backends.facts import TensorRTFamilyFacts
 from prunefx.runtime.errors import MeasurementError
-from prunefx.runtime.measure.speedup import ExportCache, exported_file
+from prunefx.runtime.measure.measured_files import ExportCache, exported_file
 from prunefx.runtime.measure.width_multiple import TENSOR_CORE_MULTIPLE
 from prunefx.runtime.onnx.opsets import DEFAULT_OPSET
 from prunefx.runtime.tensorrt.plan import QDQ_FP16_STRONG, tensorrt_major

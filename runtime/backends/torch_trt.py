@@ -7,6 +7,7 @@ timing, and the dense model is measured against every candidate.
 from __future__ import annotations
 
 from prunefx.graph import Program
+from prunefx.graph.fingerprint import fingerprint
 from prunefx.graph.int8.quantization import has_fake_quant
 from prunefx.runtime.backends.base import BenchModel, Settings
 from prunefx.runtime.backends.facts import TorchTensorRTFacts
@@ -14,7 +15,8 @@ from prunefx.runtime.backends.gpu_pair import gpu_timing, pair_of
 from prunefx.runtime.backends.tensorrt_common import TensorRTFamily
 from prunefx.runtime.errors import MeasurementError
 from prunefx.runtime.measure.last_used import LastUsed
-from prunefx.runtime.measure.speedup import PairMeasurer, deployed, fingerprint
+from prunefx.runtime.measure.measured_files import deployed
+from prunefx.runtime.measure.speedup import PairMeasurer
 from prunefx.runtime.tensorrt.engine import free_gpu_cache, require_cuda
 from prunefx.runtime.tensorrt.torch_compiled import compile_torch_tensorrt, require_torch_tensorrt
 

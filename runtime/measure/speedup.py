@@ -11,23 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from prunefx.graph import Program
-from prunefx.graph.fingerprint import fingerprint
-from prunefx.graph.int8.quantization import has_fake_quant
-from prunefx.graph.rebatch import rebatch
 from prunefx.graph.timing import Timing
-from prunefx.runtime.measure.last_used import LastUsed
 from prunefx.runtime.measure.latency import LatencyComparison, LatencyStats, compare_latency, compare_rounds
+from prunefx.runtime.measure.measured_files import ExportCache
 from prunefx.runtime.measure.width_multiple import onnxruntime_multiple
 from prunefx.runtime.model_precision import require_float32
-from prunefx.runtime.onnx.export import export_onnx
 from prunefx.runtime.onnx.opsets import DEFAULT_OPSET
-from prunefx.runtime.onnx.quantized import export_quantized_onnx, onnxruntime_lowering
 from prunefx.runtime.ort.runners import OnnxRunnerMaker
 from prunefx.runtime.ort.threads import LATENCY_THREADS
 
@@ -247,70 +240,3 @@ def cached_pair(sources, timed: Callable[..., Timing], *, stops_early: bool = Fa
 def medians_and_spread(a: LatencyStats, b: LatencyStats) -> tuple[float, float, float]:
     """(before ms, after ms, spread): both medians, and how noisy the after side was (p90/median - 1)."""
     return a.median_ms, b.median_ms, b.p90_ms / b.median_ms - 1
-
-
-class ExportCache:
-    """ONNX files of the Programs measured so far, by a fingerprint of their graph and every tensor the graph
-    reads: a search measures the same dense model against every candidate, and a dynamo export of it costs
-    seconds to tens of seconds on a loaded 2-core machine. The `keep` files used last stay (the dense model's
-    among them, used by every measurement), the others are deleted: a merge pass or a search meets a new
-    candidate at every step, and every file of a large model kept would fill the disk."""
-
-    def __init__(self, batch: int, exporter: str = "dynamo", export: Callable | None = None,
-                 quantized: ExportCache | None = None, keep: int = 4, check: Callable[[Program], None] | None = None,
-                 opset: int = DEFAULT_OPSET):
-        # export(program, path, batch, exporter) -> (path, inputs): `exported_file` (ONNX Runtime's files) by default;
-        # `quantized`: another cache that holds the fake-quantized Programs' files (they do not depend on the exporter)
-        self.batch, self.exporter, self.export, self.quantized = batch, exporter, export, quantized
-        self.opset = opset  # the delivered file's: what is timed is what is written
-        self.check = check  # what a Program must be to be measured here, checked before it is exported
-        self._folder: tempfile.TemporaryDirectory | None = None  # made at the first export
-        # the least recently used file goes (exported again if met again)
-        self.files = LastUsed(keep, released=lambda entry: _remove_with_side_file(entry[0]))
-
-    def close(self) -> None:
-        """Remove every file now; a later `get` exports again."""
-        self.files.entries.clear()
-        if self._folder is not None:
-            self._folder.cleanup()
-            self._folder = None
-
-    def get(self, program: Program) -> tuple[Path, tuple, str]:
-        """(ONNX path, example inputs at `batch`, sha256 of the file) for `program`."""
-        if self.check is not None:
-            self.check(program)
-        if self.quantized is not None and has_fake_quant(program.graph):
-            return self.quantized.get(program)
-        return self.files.get(fingerprint(program), lambda: self._exported(program))
-
-    def _exported(self, program: Program) -> tuple[Path, tuple, str]:
-        name = f"{self.files.made}.onnx"  # a name of its own: an evicted file's is never reused
-        if self._folder is None:
-            self._folder = tempfile.TemporaryDirectory(prefix="prunefx-measure-")
-        path, inputs = (self.export or exported_file)(program, Path(self._folder.name) / name, self.batch, self.exporter,
-                                                       opset=self.opset)
-        return path, inputs, hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _remove_with_side_file(path: Path) -> None:
-    path.unlink(missing_ok=True)
-    path.with_name(f"{path.name}.data").unlink(missing_ok=True)  # a model over 2 GB keeps its weights beside it
-
-
-def exported_file(program: Program, path: Path, batch: int, exporter: str = "dynamo", *, activations: str | None = None,
-                  opset: int = DEFAULT_OPSET):
-    """The ONNX file ONNX Runtime runs for `program`: a fake-quantized Program (passes/quantize_int8) in the
-    integer lowering for this CPU (runtime/onnx/quantized.py), so an INT8 candidate is timed as deployed;
-    `activations` names another lowering ("s8": TensorRT's symmetric Q/DQ form)."""
-    program = deployed(program, batch)
-    if has_fake_quant(program.graph):
-        lowering = activations or onnxruntime_lowering()
-        return export_quantized_onnx(program, path, activations=lowering, opset=opset).path, program.example_inputs
-    return export_onnx(program, path, exporter=exporter, opset=opset).path, program.example_inputs
-
-
-def deployed(program: Program, batch: int) -> Program:
-    """`program` as it is deployed: in eval mode, cut to `batch` (a copy where either changes)."""
-    program = program.clone().eval() if program.training else program
-    return rebatch(program, batch) if int(program.example_inputs[0].shape[0]) != batch else program
-
