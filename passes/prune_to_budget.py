@@ -66,6 +66,7 @@ def chosen_result(search: WidthSearch, chosen: WidthCandidate) -> Result:
              "interval": chosen.measured.to_dict().get("interval"), "round_to": round_to,
              "dense_ms": chosen.measured.dense_ms, "ms": chosen.measured.ms,
              "macs_fraction": chosen.macs_fraction, "searched": search.target, "chosen": chosen.measured.to_dict(),
+             **({"window_top": top} if (top := search.window_top(chosen)) is not None else {}),
              **({"table_error": error} if (error := search.table_error()) is not None else {}),
              "trace": [c.to_dict() for c in search.trace],
              "remove_channels": chosen.result.stats}

@@ -143,9 +143,11 @@ class WidthSearch:
         fraction = min(start / (wanted * (1 + self.settings.tolerance / 2)), 1.0) if wanted > 1 else 0.5
         for _ in range(self.settings.max_candidates):
             candidate = yield from self.measuring(fraction)
-            if self.out_of_order(candidate) or \
+            if self.disagreeing(candidate) or \
                     ((self.meets(candidate) or self.near_miss(candidate)) and not self.clearly_fast(candidate)):
                 yield from self.confirming(candidate)  # what could be returned, and what a noisy first measurement put below
+            for other in self.disagreeing(candidate):  # confirmed, it still disagrees: the other reading is the suspect
+                yield from self.measuring_again(other)
             if self.close_enough(candidate):
                 return candidate
             good, bad = self._bracket()
@@ -167,13 +169,24 @@ class WidthSearch:
         the search cut again and again until its candidates ran out."""
         return not self.meets(candidate) and candidate.result.facts_as(ChannelsRemoved).target["at_floor"]
 
-    def out_of_order(self, candidate: WidthCandidate) -> bool:
-        """Read slower than a less pruned candidate, or faster than a more pruned one: one of the two readings is
-        noise (docs/algorithms.md, 'prune_to_budget'), and this one is confirmed before it steers the search, even
+    def disagreeing(self, candidate: WidthCandidate) -> list[WidthCandidate]:
+        """The earlier candidates whose readings cannot stand beside `candidate`'s (_at_odds): one of the two is noise
+        (docs/algorithms.md, 'prune_to_budget'), so the search confirms `candidate` where it disagrees with any, even
         far above the window (a SqueezeNet reading of 3.85x at 0.66 of the MACs beside 1.78x at 0.62, 1.46x once
-        confirmed, sent the search to 0.85)."""
-        return any((other.fraction - candidate.fraction) * (other.speedup - candidate.speedup) > 0
-                   for other in self.trace if other is not candidate)
+        confirmed, sent the search to 0.85), then measures again each one it still disagrees with."""
+        return [other for other in self.trace if other is not candidate and other.same_as is None
+                and _at_odds(other, candidate)]
+
+    def measuring_again(self, candidate: WidthCandidate) -> Steps:
+        """A reading at odds with a fresher one measured again: confirmed if it was not, else measured longer (once,
+        where the measurer can): a confirmation taken while the machine was busy can bar the window for good."""
+        if not self.settings.confirm:
+            return
+        if not candidate.measured.confirmed:
+            yield from self.confirming(candidate)
+        else:
+            yield from candidate.measured.confirming_longer(self.dense, candidate.result.program,
+                                                            self._wanted_speedup(candidate))
 
     def clearly_fast(self, candidate: WidthCandidate) -> bool:
         """Unconfirmed, read far above the window (CLEARLY_FAST): confirming it would only say so again."""
@@ -246,6 +259,13 @@ class WidthSearch:
     def _wanted_speedup(self, c: WidthCandidate) -> float:
         return self.rule.wanted(c.measured)
 
+    def window_top(self, candidate: WidthCandidate) -> float | None:
+        """The fastest speed-up the acceptance window holds, S (1 + tolerance) (None without a tolerance): a candidate
+        returned above it met no better (coarse widths, readings a busy machine spoilt) and is pruned further than
+        the budget needs."""
+        tolerance = self.settings.tolerance
+        return None if tolerance is None else (1 + tolerance) * self._wanted_speedup(candidate)
+
     def _margin(self) -> float:
         """The widest speed-up / lower bound of a confirmed candidate, from the floor to 1 + tolerance: wider is a
         disturbed round."""
@@ -282,6 +302,17 @@ def _held(log_step: float) -> float:
     and a step too small to change the widths would measure the same model again."""
     size = min(max(abs(log_step), math.log(STEP[0])), math.log(STEP[1]))
     return math.copysign(size, log_step)
+
+
+def _at_odds(a: WidthCandidate, b: WidthCandidate) -> bool:
+    """Readings that cannot both be right: the more pruned read slower, or the speed-up moving more steeply with the
+    fraction than ELASTICITY allows (a Swin-T search on a machine busy for a while read 0.96x at 0.27 of the MACs
+    beside 2.86x at 0.24: believed, it accepted 2.75x for a 1.5x budget)."""
+    run = math.log(a.fraction / b.fraction)
+    if run == 0:
+        return False
+    slope = math.log(max(a.speedup, 1e-6) / max(b.speedup, 1e-6)) / run
+    return slope > 0 or slope < ELASTICITY[0]
 
 
 def _log_fraction_at(aim: float, a: WidthCandidate | _Point, b: WidthCandidate | _Point) -> float:

@@ -36,7 +36,17 @@ def search_lines(budget: dict, *, candidate: Callable[[dict], str] = lambda row:
     lines.append(f"budget {budget['budget']} met: {budget['speedup']:.2f}x measured on {runtime}{precision} "
                  f"({budget['ms']:.2f} ms vs {budget['dense_ms']:.2f} ms dense{interval_text(budget.get('interval'), ', ')}) "
                  f"{chosen}")
-    return lines
+    return lines + _above_window(budget)
+
+
+def _above_window(budget: dict) -> list[str]:
+    """A line where the model returned is faster than the budget's window (report.json's `window_top`)."""
+    top = budget.get("window_top")
+    if top is None or budget["speedup"] <= top:
+        return []
+    return [f"  above the window: {budget['speedup']:.2f}x, where the budget's tolerance ends at {top:.2f}x; no "
+            f"candidate measured landed inside it, and this one is pruned further than the budget needs (accuracy "
+            f"lost for nothing): run again with nothing else running, or with a larger --max-candidates or --tolerance"]
 
 
 def interval_text(interval: dict | None, lead: str = " ") -> str:
