@@ -105,6 +105,8 @@ RUNS = (
     # its three studies: the CNNs at 2x and 4x, at equal latency, the ViT
     Run("budget_choice", "budget_choice", minutes=30),
     Run("combing_time", "combing_time", minutes=1),
+    # simulated (an oracle runtime): the budget search's rules on a machine busy for a while
+    Run("budget_search_noise", "budget_search_noise", minutes=4),
     Run("gelu_opset", "gelu_opset", minutes=4, guessed=True),
     Run("latency_choice_speed", "latency_choice_speed", minutes=4),
     Run("data_loading", "data_loading", minutes=2),
