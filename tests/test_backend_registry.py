@@ -18,13 +18,13 @@ from prunefx.cli import build_parser
 from prunefx.cli import options as cli_options
 from prunefx.graph import Program, capture
 from prunefx.graph.errors import PrunefxError
+from prunefx.graph.fingerprint import fingerprint
 from prunefx.passes.prune_to_budget import prune_to_budget
 from prunefx.reports.budget_text import search_lines
 from prunefx.runtime import backends, latency_pair
 from prunefx.runtime.backends import Backend, Settings
 from prunefx.runtime.backends import width_multiple as backend_multiple
 from prunefx.runtime.backends.gpu_pair import pair_of
-from prunefx.runtime.measure.speedup import fingerprint
 
 MS_PER_WEIGHT = 1e-4
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "backends.md"
