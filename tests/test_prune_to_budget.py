@@ -157,6 +157,7 @@ def test_a_confirmation_spoilt_by_a_busy_machine_is_measured_again_when_later_re
     dense_ms, ms, _ = latency_of_macs()(resnet20, result.program)  # the oracle, on the model returned
     assert 1.5 <= dense_ms / ms <= 1.5 * 1.25
     assert result.stats["trace"][0].get("longer")  # the spoilt confirmation, measured again
+    assert "; measured longer" in search_lines(result.stats)[0]  # and the console says so
 
 
 def test_a_model_returned_faster_than_the_window_says_so_and_the_report_keeps_the_window(resnet20):

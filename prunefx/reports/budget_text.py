@@ -24,7 +24,8 @@ def search_lines(budget: dict, *, candidate: Callable[[dict], str] = lambda row:
             lines.append(f"  candidate: {row['macs_kept']:.3f} of the MACs again (the widths of candidate "
                          f"{row['same_widths_as'] + 1}, not measured again)")
             continue
-        confirmed = (f"; confirmed{interval_text(row.get('interval'))}, first measured {row['first']['speedup']:.2f}x"
+        how = "measured longer" if row.get("longer") else "confirmed"  # longer: after a confirmation that did not settle
+        confirmed = (f"; {how}{interval_text(row.get('interval'))}, first measured {row['first']['speedup']:.2f}x"
                      if row.get("first") else "")
         lines.append(f"  candidate: {candidate(row)}{row['macs_kept']:.3f} of the MACs -> "
                      f"{row['speedup']:.2f}x ({row['ms']:.2f} ms vs {row['dense_ms']:.2f} ms dense, spread "
