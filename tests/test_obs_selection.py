@@ -360,6 +360,37 @@ def test_quadratic_forms_equal_the_explicit_inverse_also_for_an_indefinite_block
     np.testing.assert_allclose(got, expected, rtol=1e-10)
 
 
+def test_a_steps_errors_are_read_at_once_and_blocks_not_positive_definite_are_solved_exactly():
+    """Every layer's errors of a step stay on the device until one read (on a GPU each read waits for its queue);
+    a term whose fast path does not apply (a block not positive definite, s x s or 1 x 1) is solved as before.
+    Oracle: the explicit inverses, summed per channel, each divided by its layer's energy."""
+    from prunefx.graph.channels.obs_elimination import (
+        ErrorTerm,
+        _quadratic_forms,
+        _quadratic_forms_unchecked,
+        read_terms,
+    )
+
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((5, 4, 4))
+    blocks = a @ a.transpose(0, 2, 1) + 0.1 * np.eye(4)
+    blocks[2] = np.diag([1.0, -2.0, 3.0, 4.0])
+    ones = np.array([[[2.0]], [[-1.0]]])  # a 1 x 1 block that is not positive
+    weights, narrow = rng.standard_normal((5, 4, 3)), rng.standard_normal((2, 1, 3))
+    terms = []
+    for channels, energy, b, w in (([0, 2, 4, 6, 8], 2.0, blocks, weights), ([1, 2], 4.0, ones, narrow)):
+        b, w = torch.from_numpy(b), torch.from_numpy(w)
+        values, usable = _quadratic_forms_unchecked(b, w)
+        assert not bool(usable)
+        terms.append(ErrorTerm(np.array(channels), energy, values, usable, lambda b=b, w=w: _quadratic_forms(b, w)))
+    terms.append(ErrorTerm(np.array([0, 9]), None, np.array([0.5, 0.25])))  # a layer without compensation
+    expected = np.zeros(10)
+    for channels, energy, b, w in (([0, 2, 4, 6, 8], 2.0, blocks, weights), ([1, 2], 4.0, ones, narrow)):
+        expected[channels] += np.maximum(np.einsum("nso,nst,nto->n", w, np.linalg.inv(b), w), 0.0) / energy
+    expected[[0, 9]] += [0.5, 0.25]
+    np.testing.assert_allclose(read_terms(terms, 10), expected, rtol=1e-10)
+
+
 def test_compensation_after_obs_reports_what_it_reports_alone(monkeypatch):
     """The obs importance leaves each layer's output energy in the Hessian cache it shares with the
     compensation: the errors the compensation reports are those it computes on its own."""
@@ -434,7 +465,7 @@ def test_uncompensated_errors_of_channels_with_different_column_counts_are_each_
     # ||X_c M_c^T||^2 / energy, computed here from the calibration rows X themselves
     from types import SimpleNamespace
 
-    from prunefx.graph.channels.obs_elimination import UncompensatedState
+    from prunefx.graph.channels.obs_elimination import UncompensatedState, read_terms
     from prunefx.graph.channels.saliency import _gram_blocks
 
     torch.manual_seed(0)
@@ -444,8 +475,7 @@ def test_uncompensated_errors_of_channels_with_different_column_counts_are_each_
     energy = float((rows @ matrix.t()).square().sum())
     gram_blocks = _gram_blocks(None, SimpleNamespace(kept=rows)) if from_rows else _gram_blocks(rows.t() @ rows, None)
     state = UncompensatedState(matrix, gram_blocks, energy, columns)
-    errors = np.zeros(6)
-    state.add_errors(errors, np.array([True, True, True, True, True, False]))
+    errors = read_terms(state.error_terms(np.array([True, True, True, True, True, False])), 6)
     expected = [float((rows[:, c] @ matrix[:, c].t()).square().sum()) / energy if c.numel() else 0.0
                 for c in columns.values()]
     np.testing.assert_allclose(errors, expected[:5] + [0.0], rtol=1e-12)

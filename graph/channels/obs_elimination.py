@@ -7,6 +7,8 @@ group's columns, downdated lazily), and the elimination loop over the layers tha
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -55,17 +57,23 @@ class LayerState:
         for channels, index in _buckets(columns):
             at = self.place[index]
             self.buckets.append((channels, index, self.base[at[:, :, None], at[:, None, :]]))
+        self.alive = [np.ones(len(channels), dtype=bool) for channels, _, _ in self.buckets]  # per bucket, on the host
 
-    def add_errors(self, errors: np.ndarray, alive: np.ndarray) -> None:
-        """Add dE / energy of removing each alive channel (alone) from the current state to `errors`."""
+    def error_terms(self, alive: np.ndarray) -> list[ErrorTerm]:
+        """dE of removing each alive channel (alone) from the current state, per bucket, left on the device:
+        `eliminate` reads every layer's at once (read_terms)."""
+        terms = []
         for channels, index, blocks in self.buckets:
-            keep = alive[channels]
-            if not keep.any():
+            rows = np.flatnonzero(alive[channels])
+            if not rows.size:
                 continue
-            keep_t = torch.from_numpy(keep).to(index.device)
-            weights = self.columns_major[self.place[index[keep_t]]]                 # [n, s, outputs]
-            values = _quadratic_forms(blocks[keep_t], weights).cpu().numpy()
-            errors[channels[keep]] += np.maximum(values, 0.0) / self.energy
+            rows_t = _on(index.device, rows)
+            weights = self.columns_major[self.place[index.index_select(0, rows_t)]]  # [n, s, outputs]
+            kept_blocks = blocks.index_select(0, rows_t)
+            values, usable = _quadratic_forms_unchecked(kept_blocks, weights)
+            terms.append(ErrorTerm(channels[rows], self.energy, values, usable,
+                                   lambda b=kept_blocks, w=weights: _quadratic_forms(b, w)))
+        return terms
 
     def joint_error(self, channels) -> float:
         """The joint dE / energy of removing the columns S of `channels` at once, trace(M_S [(H^-1)_SS]^-1
@@ -83,10 +91,10 @@ class LayerState:
         originals = [self.columns[c] for c in channels if c in self.columns and self.columns[c].numel()]
         return torch.cat(originals) if originals else None
 
-    def remove(self, channels) -> float:
+    def remove(self, channels) -> torch.Tensor | float:
         """The OBS step for the columns S of `channels` at once: M -= M_S [(H^-1)_SS]^-1 (H^-1)_S: (the
         optimal update of the other columns), H^-1 -= (H^-1)_:S [(H^-1)_SS]^-1 (H^-1)_S: (the inverse of H
-        without S). Returns their joint dE / energy."""
+        without S). Returns their joint dE / energy, on the device (`eliminate` reads a step's sum once)."""
         originals = self._originals(channels)
         if originals is None:
             return 0.0
@@ -95,14 +103,16 @@ class LayerState:
         weights = self.columns_major[cols]                                           # M_S^T: [s, outputs]
         # one factorisation of (H^-1)_SS for both right-hand sides: [(H^-1)_SS]^-1 [M_S^T | (H^-1)_S:]
         both = _solve(rows[:, cols], torch.cat([weights, rows], dim=1))
-        error = float((weights * both[:, :weights.shape[1]]).sum()) / self.energy
+        error = (weights * both[:, :weights.shape[1]]).sum() / self.energy
         solved = both[:, weights.shape[1]:]                                          # [(H^-1)_SS]^-1 (H^-1)_S:
         self.columns_major.addmm_(solved.t(), weights, alpha=-1)                     # M^T -= solved^T M_S^T
         self.place[originals] = -1
+        gone = set(channels)
+        self.alive = [kept & ~np.isin(bucket, list(gone)) for (bucket, _, _), kept in zip(self.buckets, self.alive)]
         left, right = rows.t(), solved.t()  # the downdate left @ right^T, [columns, s] each
         self._downdate_blocks(left, right)
         self._defer(left, right)
-        return max(error, 0.0)
+        return error.clamp_min(0.0)
 
     def _rows(self, cols: torch.Tensor) -> torch.Tensor:
         """Rows `cols` of the current inverse (stale entries in removed columns, never read)."""
@@ -119,9 +129,10 @@ class LayerState:
         return block
 
     def _downdate_blocks(self, left: torch.Tensor, right: torch.Tensor) -> None:
-        for _, index, blocks in self.buckets:
-            alive = (self.place[index[:, 0]] >= 0).nonzero().squeeze(1)
-            if alive.numel():
+        for (_, index, blocks), kept in zip(self.buckets, self.alive):
+            rows = np.flatnonzero(kept)  # which are alive is known here: a mask on the device would be a read of it
+            if rows.size:
+                alive = _on(index.device, rows)
                 at = self.place[index[alive]]                                        # [n, s]
                 blocks[alive] -= left[at] @ right[at].transpose(1, 2)
 
@@ -190,14 +201,52 @@ class UncompensatedState:
         self.channels = np.concatenate(channels) if channels else np.zeros(0, dtype=np.int64)
         self.values = np.zeros(0) if not values else np.maximum(torch.cat(values).cpu().numpy(), 0.0) / energy
 
-    def add_errors(self, errors: np.ndarray, alive: np.ndarray) -> None:
+    def error_terms(self, alive: np.ndarray) -> list[ErrorTerm]:
         keep = alive[self.channels]
-        errors[self.channels[keep]] += self.values[keep]
+        return [ErrorTerm(self.channels[keep], None, self.values[keep])] if keep.any() else []
 
     def remove(self, channels) -> float:
         return float(self.values[np.isin(self.channels, list(channels))].sum())
 
     joint_error = remove
+
+
+@dataclass
+class ErrorTerm:
+    """The errors of removing `channels` one at a time from one layer: `values` dE on the device, divided by
+    `energy` once read (None: values already divided, on the host); where `usable` (a 0-d tensor) reads False, the
+    values are those of `exact()` (a block that is not positive definite: the slower solve)."""
+
+    channels: np.ndarray
+    energy: float | None
+    values: torch.Tensor | np.ndarray
+    usable: torch.Tensor | None = None
+    exact: Callable[[], torch.Tensor] | None = None
+
+
+def read_terms(terms: list[ErrorTerm], size: int) -> np.ndarray:
+    """The errors of a step summed per channel over its terms, in their order (as each layer added its own before),
+    every term's device values read to the host in one copy: on a GPU each read waits for the device's queue."""
+    on_device = [term for term in terms if term.energy is not None]
+    read = torch.cat([value for term in on_device for value in (term.values, term.usable.reshape(1).double())]
+                     ).cpu().numpy() if on_device else np.zeros(0)
+    errors, at = np.zeros(size), 0
+    for term in terms:
+        if term.energy is None:
+            errors[term.channels] += term.values
+            continue
+        count = term.channels.size
+        values, usable = read[at:at + count], bool(read[at + count])
+        at += count + 1
+        if not usable:
+            values = term.exact().cpu().numpy()
+        errors[term.channels] += np.maximum(values, 0.0) / term.energy
+    return errors
+
+
+def _on(device: torch.device, rows: np.ndarray) -> torch.Tensor:
+    """Host row numbers as an index on `device`, copied without waiting for the device's queue."""
+    return torch.from_numpy(rows).to(device, non_blocking=True)
 
 
 def _buckets(columns: dict[int, torch.Tensor]) -> list[tuple[np.ndarray, torch.Tensor]]:
@@ -251,6 +300,16 @@ def _quadratic_forms(blocks: torch.Tensor, weights: torch.Tensor) -> torch.Tenso
     return (torch.cholesky_inverse(factor) * torch.bmm(weights, weights.transpose(1, 2))).sum(dim=(1, 2))
 
 
+def _quadratic_forms_unchecked(blocks: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """_quadratic_forms' fast path, without reading whether it applies: (values, a 0-d tensor saying whether every
+    block is positive: the values stand; where not, _quadratic_forms gives them)."""
+    if blocks.shape[1] == 1:
+        return weights.square().sum(dim=(1, 2)) / blocks[:, 0, 0], (blocks > 0).all()
+    factor, info = torch.linalg.cholesky_ex(blocks)
+    products = torch.bmm(weights, weights.transpose(1, 2))
+    return (torch.cholesky_inverse(factor) * products).sum(dim=(1, 2)), (info == 0).all()
+
+
 def _solve(block: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     solved, info = torch.linalg.solve_ex(block, right)
     if bool((info != 0).any()):
@@ -277,15 +336,14 @@ def eliminate(size: int, layers: list[LayerState], *, steps: str = "exact",
     alive = np.ones(size, dtype=bool)
     total, removed = 0.0, 0
     while alive.any():
-        errors = np.zeros(size)
-        for layer in layers:
-            layer.add_errors(errors, alive)
+        errors = read_terms([term for layer in layers for term in layer.error_terms(alive)], size)
         errors[~alive] = np.inf
         count = _batch(int(alive.sum()), removed, steps, removable)
         chosen = np.argsort(errors, kind="stable")[:count]
         # the fast path's last step reads nothing afterwards: its joint error, without the updates
         final = steps == "fast" and count == int(alive.sum())
-        increase = sum(layer.joint_error(chosen.tolist()) if final else layer.remove(chosen.tolist()) for layer in layers)
+        increase = float(sum(layer.joint_error(chosen.tolist()) if final else layer.remove(chosen.tolist())
+                             for layer in layers))
         single = errors[chosen]
         shares = np.cumsum(single) / single.sum() if single.sum() > 0 else np.arange(1, chosen.size + 1) / chosen.size
         scores[chosen] = total + increase * shares
