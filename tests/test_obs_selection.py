@@ -204,7 +204,7 @@ def _two_layers(rng, size: int) -> list[tuple]:
 
 def _states(built: list[tuple]) -> list:
     from prunefx.graph.channels.compensation import lean_damped_inverse
-    from prunefx.graph.channels.obs_elimination import LayerState
+    from prunefx.graph.channels.obs_layer_state import LayerState
 
     states = []
     for hessian, matrix, columns in built:
@@ -221,7 +221,8 @@ def test_elimination_matches_an_oracle(monkeypatch, capacity, owned):
     choose the channels the oracle does, with the same scores; two layers read the group, with 1 to 3
     columns per channel and columns of other groups."""
     from prunefx.graph.channels.compensation import damped_inverse, lean_damped_inverse
-    from prunefx.graph.channels.obs_elimination import LayerState, eliminate
+    from prunefx.graph.channels.obs_elimination import eliminate
+    from prunefx.graph.channels.obs_layer_state import LayerState
 
     monkeypatch.setattr(LayerState, "CAPACITY", capacity)
     rng = np.random.default_rng(0)
@@ -255,7 +256,8 @@ def test_fast_elimination_takes_few_steps_stops_at_the_removable_count_and_keeps
     channels it can remove are the exact elimination's, in its order with its scores, in fewer steps; the
     removable channels' last score is the exact joint error of removing them all (oracle), the others score
     above it."""
-    from prunefx.graph.channels.obs_elimination import LayerState, eliminate
+    from prunefx.graph.channels.obs_elimination import eliminate
+    from prunefx.graph.channels.obs_layer_state import LayerState
 
     size, removable = 90, 70
     built = _two_layers(np.random.default_rng(0), size)
@@ -287,7 +289,7 @@ def test_fast_elimination_takes_few_steps_stops_at_the_removable_count_and_keeps
 def test_a_layer_with_many_outputs_is_eliminated_from_a_factor_of_its_gram_with_the_same_scores(monkeypatch, steps):
     """A layer with at least twice as many outputs as columns is held as F with F F^T = M^T M
     ([columns, columns]): the same scores as from M itself."""
-    from prunefx.graph.channels import obs_elimination
+    from prunefx.graph.channels import obs_layer_state
     from prunefx.graph.channels.obs_elimination import eliminate
 
     rng = np.random.default_rng(3)
@@ -296,7 +298,7 @@ def test_a_layer_with_many_outputs_is_eliminated_from_a_factor_of_its_gram_with_
     states = _states(built)
     assert all(state.columns_major.shape[1] < matrix.shape[0] for state, (_, matrix, _) in zip(states, built))
     factored = eliminate(size, states, steps=steps, removable=30)
-    monkeypatch.setattr(obs_elimination, "_column_factor", lambda matrix: matrix.t().clone())
+    monkeypatch.setattr(obs_layer_state, "_column_factor", lambda matrix: matrix.t().clone())
     plain = eliminate(size, _states(built), steps=steps, removable=30)
     np.testing.assert_allclose(factored, plain, rtol=1e-9)
     np.testing.assert_array_equal(np.argsort(factored, kind="stable"), np.argsort(plain, kind="stable"))
@@ -345,7 +347,7 @@ def test_the_last_saliency_is_reused_for_the_same_model_and_data_only(monkeypatc
 
 
 def test_quadratic_forms_equal_the_explicit_inverse_also_for_an_indefinite_block():
-    from prunefx.graph.channels.obs_elimination import _quadratic_forms
+    from prunefx.graph.channels.obs_layer_state import _quadratic_forms
 
     rng = np.random.default_rng(1)
     a = rng.standard_normal((5, 4, 4))
@@ -364,12 +366,8 @@ def test_a_steps_errors_are_read_at_once_and_blocks_not_positive_definite_are_so
     """Every layer's errors of a step stay on the device until one read (on a GPU each read waits for its queue);
     a term whose fast path does not apply (a block not positive definite, s x s or 1 x 1) is solved as before.
     Oracle: the explicit inverses, summed per channel, each divided by its layer's energy."""
-    from prunefx.graph.channels.obs_elimination import (
-        ErrorTerm,
-        _quadratic_forms,
-        _quadratic_forms_unchecked,
-        read_terms,
-    )
+    from prunefx.graph.channels.obs_elimination import read_terms
+    from prunefx.graph.channels.obs_layer_state import ErrorTerm, _quadratic_forms, _quadratic_forms_unchecked
 
     rng = np.random.default_rng(2)
     a = rng.standard_normal((5, 4, 4))
@@ -465,7 +463,8 @@ def test_uncompensated_errors_of_channels_with_different_column_counts_are_each_
     # ||X_c M_c^T||^2 / energy, computed here from the calibration rows X themselves
     from types import SimpleNamespace
 
-    from prunefx.graph.channels.obs_elimination import UncompensatedState, read_terms
+    from prunefx.graph.channels.obs_elimination import read_terms
+    from prunefx.graph.channels.obs_layer_state import UncompensatedState
     from prunefx.graph.channels.saliency import _gram_blocks
 
     torch.manual_seed(0)

@@ -27,7 +27,8 @@ from torch.utils._pytree import tree_flatten
 from prunefx.graph.channels.compensation import energy_key, lean_damped_inverse, output_energy
 from prunefx.graph.channels.groups import Combing
 from prunefx.graph.channels.labels import distinct
-from prunefx.graph.channels.obs_elimination import LayerState, UncompensatedState, eliminate
+from prunefx.graph.channels.obs_elimination import eliminate
+from prunefx.graph.channels.obs_layer_state import LayerState, UncompensatedState
 from prunefx.graph.fingerprint import graph_code
 from prunefx.graph.heap import release_freed_memory
 from prunefx.graph.layer_hessians import iter_hessians
