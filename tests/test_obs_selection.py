@@ -386,7 +386,9 @@ def test_a_steps_errors_are_read_at_once_and_blocks_not_positive_definite_are_so
     for channels, energy, b, w in (([0, 2, 4, 6, 8], 2.0, blocks, weights), ([1, 2], 4.0, ones, narrow)):
         expected[channels] += np.maximum(np.einsum("nso,nst,nto->n", w, np.linalg.inv(b), w), 0.0) / energy
     expected[[0, 9]] += [0.5, 0.25]
-    np.testing.assert_allclose(read_terms(terms, 10), expected, rtol=1e-10)
+    errors, carried = read_terms(terms, 10, (torch.tensor(0.75, dtype=torch.float64), 0.5))
+    np.testing.assert_allclose(errors, expected, rtol=1e-10)
+    assert carried == [0.75, 0.5]  # a step's increase read in the same copy
 
 
 def test_compensation_after_obs_reports_what_it_reports_alone(monkeypatch):
@@ -474,7 +476,7 @@ def test_uncompensated_errors_of_channels_with_different_column_counts_are_each_
     energy = float((rows @ matrix.t()).square().sum())
     gram_blocks = _gram_blocks(None, SimpleNamespace(kept=rows)) if from_rows else _gram_blocks(rows.t() @ rows, None)
     state = UncompensatedState(matrix, gram_blocks, energy, columns)
-    errors = read_terms(state.error_terms(np.array([True, True, True, True, True, False])), 6)
+    errors, _ = read_terms(state.error_terms(np.array([True, True, True, True, True, False])), 6)
     expected = [float((rows[:, c] @ matrix[:, c].t()).square().sum()) / energy if c.numel() else 0.0
                 for c in columns.values()]
     np.testing.assert_allclose(errors, expected[:5] + [0.0], rtol=1e-12)

@@ -11,12 +11,14 @@ import torch
 from prunefx.graph.channels.obs_layer_state import ErrorTerm, LayerState
 
 
-def read_terms(terms: list[ErrorTerm], size: int) -> np.ndarray:
-    """The errors of a step summed per channel over its terms, in their order (a float sum depends on it), every
-    term's device values read to the host in one copy: on a GPU each read waits for the device's queue."""
+def read_terms(terms: list[ErrorTerm], size: int, carried=()) -> tuple[np.ndarray, list[float]]:
+    """The errors of a step summed per channel over its terms, in their order (a float sum depends on it), and the
+    `carried` values (device scalars or floats: the step before's increase) as floats; every device value read to
+    the host in one copy: on a GPU each read waits for the device's queue."""
     on_device = [term for term in terms if term.energy is not None]
-    read = torch.cat([value for term in on_device for value in (term.values, term.usable.reshape(1).double())]
-                     ).cpu().numpy() if on_device else np.zeros(0)
+    parts = [value for term in on_device for value in (term.values, term.usable.reshape(1).double())]
+    parts += [value.reshape(1).double() for value in carried if isinstance(value, torch.Tensor)]
+    read = torch.cat(parts).cpu().numpy() if parts else np.zeros(0)
     errors, at = np.zeros(size), 0
     for term in terms:
         if term.energy is None:
@@ -28,7 +30,12 @@ def read_terms(terms: list[ErrorTerm], size: int) -> np.ndarray:
         if not usable:
             values = term.exact().cpu().numpy()
         errors[term.channels] += np.maximum(values, 0.0) / term.energy
-    return errors
+    values = []
+    for value in carried:
+        if isinstance(value, torch.Tensor):
+            value, at = float(read[at]), at + 1
+        values.append(float(value))
+    return errors, values
 
 
 STEP_SHARE = 32  # each step removes alive // STEP_SHARE channels at once (at least one)
@@ -49,22 +56,32 @@ def eliminate(size: int, layers: list[LayerState], *, steps: str = "exact",
     scores = np.zeros(size)
     alive = np.ones(size, dtype=bool)
     total, removed = 0.0, 0
+    scored = None  # the step before: (its channels, its increase, unread, their single errors)
     while alive.any():
-        errors = read_terms([term for layer in layers for term in layer.error_terms(alive)], size)
+        terms = [term for layer in layers for term in layer.error_terms(alive)]
+        errors, increases = read_terms(terms, size, () if scored is None else (scored[1],))  # one read a step
+        if scored is not None:
+            total = _score(scores, total, scored[0], increases[0], scored[2])
         errors[~alive] = np.inf
         count = _batch(int(alive.sum()), removed, steps, removable)
         chosen = np.argsort(errors, kind="stable")[:count]
         # the fast path's last step reads nothing afterwards: its joint error, without the updates
         final = steps == "fast" and count == int(alive.sum())
-        increase = float(sum(layer.joint_error(chosen.tolist()) if final else layer.remove(chosen.tolist())
-                             for layer in layers))
-        single = errors[chosen]
-        shares = np.cumsum(single) / single.sum() if single.sum() > 0 else np.arange(1, chosen.size + 1) / chosen.size
-        scores[chosen] = total + increase * shares
-        total += increase
+        increase = sum(layer.joint_error(chosen.tolist()) if final else layer.remove(chosen.tolist()) for layer in layers)
+        scored = (chosen, increase, errors[chosen])
         alive[chosen] = False
         removed += count
+    if scored is not None:
+        _score(scores, total, scored[0], float(scored[1]), scored[2])
     return scores
+
+
+def _score(scores: np.ndarray, total: float, chosen: np.ndarray, increase: float, single: np.ndarray) -> float:
+    """Score a step's channels: the last the total after the step, the others a share of its increase in
+    proportion to their single errors. Returns the new total."""
+    shares = np.cumsum(single) / single.sum() if single.sum() > 0 else np.arange(1, chosen.size + 1) / chosen.size
+    scores[chosen] = total + increase * shares
+    return total + increase
 
 
 def _batch(alive: int, removed: int, steps: str, removable: int | None) -> int:
