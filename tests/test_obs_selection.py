@@ -270,7 +270,8 @@ def test_fast_elimination_takes_few_steps_stops_at_the_removable_count_and_keeps
 
     calls = []
     original = LayerState.remove
-    monkeypatch.setattr(LayerState, "remove", lambda self, channels: calls.append(len(channels)) or original(self, channels))
+    monkeypatch.setattr(LayerState, "remove", lambda self, channels, alive: calls.append(len(channels))
+                        or original(self, channels, alive))
     fast = eliminate(size, _states(built), steps="fast", removable=removable)
     steps = len(calls) // len(built)
     calls.clear()

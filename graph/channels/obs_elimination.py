@@ -67,9 +67,10 @@ def eliminate(size: int, layers: list[LayerState], *, steps: str = "exact",
         chosen = np.argsort(errors, kind="stable")[:count]
         # the fast path's last step reads nothing afterwards: its joint error, without the updates
         final = steps == "fast" and count == int(alive.sum())
-        increase = sum(layer.joint_error(chosen.tolist()) if final else layer.remove(chosen.tolist()) for layer in layers)
+        alive[chosen] = False  # before the removal: the layers downdate what is left
+        increase = sum(layer.joint_error(chosen.tolist()) if final else layer.remove(chosen.tolist(), alive)
+                       for layer in layers)
         scored = (chosen, increase, errors[chosen])
-        alive[chosen] = False
         removed += count
     if scored is not None:
         _score(scores, total, scored[0], float(scored[1]), scored[2])

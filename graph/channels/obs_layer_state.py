@@ -57,7 +57,6 @@ class LayerState:
         for channels, index in _buckets(columns):
             at = self.place[index]
             self.buckets.append((channels, index, self.base[at[:, :, None], at[:, None, :]]))
-        self.alive = [np.ones(len(channels), dtype=bool) for channels, _, _ in self.buckets]  # per bucket, on the host
 
     def error_terms(self, alive: np.ndarray) -> list[ErrorTerm]:
         """dE of removing each alive channel (alone) from the current state, per bucket, left on the device:
@@ -91,10 +90,11 @@ class LayerState:
         originals = [self.columns[c] for c in channels if c in self.columns and self.columns[c].numel()]
         return torch.cat(originals) if originals else None
 
-    def remove(self, channels) -> torch.Tensor | float:
+    def remove(self, channels, alive: np.ndarray) -> torch.Tensor | float:
         """The OBS step for the columns S of `channels` at once: M -= M_S [(H^-1)_SS]^-1 (H^-1)_S: (the
         optimal update of the other columns), H^-1 -= (H^-1)_:S [(H^-1)_SS]^-1 (H^-1)_S: (the inverse of H
-        without S). Returns their joint dE / energy, on the device (`eliminate` reads a step's sum once)."""
+        without S). `alive`: the group's channels left once these are gone. Returns their joint dE / energy, on
+        the device (`eliminate` reads a step's sum once)."""
         originals = self._originals(channels)
         if originals is None:
             return 0.0
@@ -107,10 +107,8 @@ class LayerState:
         solved = both[:, weights.shape[1]:]                                          # [(H^-1)_SS]^-1 (H^-1)_S:
         self.columns_major.addmm_(solved.t(), weights, alpha=-1)                     # M^T -= solved^T M_S^T
         self.place[originals] = -1
-        gone = set(channels)
-        self.alive = [kept & ~np.isin(bucket, list(gone)) for (bucket, _, _), kept in zip(self.buckets, self.alive)]
         left, right = rows.t(), solved.t()  # the downdate left @ right^T, [columns, s] each
-        self._downdate_blocks(left, right)
+        self._downdate_blocks(left, right, alive)
         self._defer(left, right)
         return error.clamp_min(0.0)
 
@@ -128,13 +126,13 @@ class LayerState:
             block -= self.left[cols, :self.used] @ self.right[cols, :self.used].t()
         return block
 
-    def _downdate_blocks(self, left: torch.Tensor, right: torch.Tensor) -> None:
-        for (_, index, blocks), kept in zip(self.buckets, self.alive):
-            rows = np.flatnonzero(kept)  # which are alive is known here: a mask on the device would be a read of it
+    def _downdate_blocks(self, left: torch.Tensor, right: torch.Tensor, alive: np.ndarray) -> None:
+        for channels, index, blocks in self.buckets:
+            rows = np.flatnonzero(alive[channels])  # the host's mask: one on the device would be a read of it
             if rows.size:
-                alive = _on(index.device, rows)
-                at = self.place[index[alive]]                                        # [n, s]
-                blocks[alive] -= left[at] @ right[at].transpose(1, 2)
+                kept = _on(index.device, rows)
+                at = self.place[index[kept]]                                         # [n, s]
+                blocks[kept] -= left[at] @ right[at].transpose(1, 2)
 
     def _defer(self, left: torch.Tensor, right: torch.Tensor) -> None:
         width = left.shape[1]
@@ -205,10 +203,11 @@ class UncompensatedState:
         keep = alive[self.channels]
         return [ErrorTerm(self.channels[keep], None, self.values[keep])] if keep.any() else []
 
-    def remove(self, channels) -> float:
+    def joint_error(self, channels) -> float:
         return float(self.values[np.isin(self.channels, list(channels))].sum())
 
-    joint_error = remove
+    def remove(self, channels, alive: np.ndarray | None = None) -> float:
+        return self.joint_error(channels)
 
 
 @dataclass
