@@ -21,7 +21,7 @@ from prunefx.graph.channels.labels import distinct
 
 aten = torch.ops.aten
 SDPA = aten.scaled_dot_product_attention.default
-_PRODUCTS = {aten.matmul.default, aten.bmm.default}
+PRODUCTS = {aten.matmul.default, aten.bmm.default}  # attention spelled out: two activations multiplied
 
 
 def _head_dim_labels(module: torch.fx.GraphModule, node_labels: dict) -> list[np.ndarray]:
@@ -34,7 +34,7 @@ def _head_dim_labels(module: torch.fx.GraphModule, node_labels: dict) -> list[np
         if node.target is SDPA:
             operands = [_dims(node_labels, arg) for arg in node.args[:3]]
             found += [labels[-1] for labels in operands if labels]
-        elif node.target in _PRODUCTS and len(node.args) >= 2:
+        elif node.target in PRODUCTS and len(node.args) >= 2:
             a, b = node.args[:2]
             if not all(isinstance(x, torch.fx.Node) and x not in weights for x in (a, b)):
                 continue  # a layer's weight times activations: a linear layer, not attention

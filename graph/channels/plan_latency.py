@@ -18,7 +18,7 @@ import torch
 
 from prunefx.graph.channels.plan_cost import CostModel
 from prunefx.graph.channels.removal import expand_mask
-from prunefx.graph.channels.timed_attention import timed_attention
+from prunefx.graph.channels.timed_attention import TimedAttention, timed_attention
 from prunefx.graph.channels.timed_layers import ATTENTION_KINDS, TimedLayer, timed_layers
 from prunefx.graph.counting import node_macs
 from prunefx.graph.errors import PrunefxError
@@ -26,20 +26,18 @@ from prunefx.graph.errors import PrunefxError
 LayerTime = Callable[[TimedLayer, int, int], float]  # (dense layer, in width, out width) -> ms
 
 
-def width_dims(node: torch.fx.Node, layer: TimedLayer) -> tuple[list[tuple], list[tuple]]:
+def width_dims(node: torch.fx.Node, layer: TimedLayer, attention: TimedAttention | None) -> tuple[list[tuple], list[tuple]]:
     """The (tensor, axis) dims whose surviving indices are a timed layer's in and out widths: a layer's input
-    channels and weight rows; an attention's heads, and the head dims of q and v, whose mean is its out width
-    (its two products' MACs go with the mean, and the timers run q, k and v of one width)."""
-    if layer.kind in ATTENTION_KINDS:
-        attention = timed_attention(node)
-        assert attention is not None, "a timed attention's node is one"
+    channels and weight rows; an attention's (`attention`, found at `node`) heads, and the head dims of q and v,
+    whose mean is its out width (its two products' MACs go with the mean, and the timers run q, k and v of one
+    width)."""
+    if attention is not None:
         return [(attention.q, 1)], [(attention.q, -1), (attention.v, -1)]
     return [(node.args[0], 1 if layer.kind == "conv2d" else -1)], [(node.args[1], 0)]
 
 
-def layer_macs(node: torch.fx.Node, layer: TimedLayer) -> int:
-    """The MACs a timed layer stands for: a spelled-out attention's two products, any other layer's node."""
-    attention = timed_attention(node) if layer.kind in ATTENTION_KINDS else None
+def layer_macs(node: torch.fx.Node, attention: TimedAttention | None) -> int:
+    """The MACs a timed layer stands for: an attention's products, any other layer's node."""
     return sum(node_macs(product) for product in attention.products) if attention is not None else node_macs(node)
 
 
@@ -54,18 +52,24 @@ class PlanLatency:
         layers = {layer.name: layer for layer in timed_layers(cost_model.module)}
         self.nodes = [node for node in cost_model.module.graph.nodes if node.name in layers]
         self.layers = [layers[node.name] for node in self.nodes]
-        self.dense_macs = [layer_macs(node, layer) for node, layer in zip(self.nodes, self.layers)]
+        # found once: an attention's q, v and products give both its widths and its MACs
+        attentions = [timed_attention(node) if layer.kind in ATTENTION_KINDS else None
+                      for node, layer in zip(self.nodes, self.layers)]
+        assert all(found is not None for found, layer in zip(attentions, self.layers) if layer.kind in ATTENTION_KINDS), \
+            "a timed attention's node is one"
+        self.dense_macs = [layer_macs(node, found) for node, found in zip(self.nodes, attentions)]
         self._memo: dict[tuple[int, int, int], float] = {}
-        self._index_widths()
+        self._index_widths(attentions)
         self.dense_layers = self.layer_ms(np.zeros(cost_model.classes, dtype=bool))
         self.dense_ms = float(self.dense_layers.sum())
 
-    def _index_widths(self) -> None:
+    def _index_widths(self, attentions: list[TimedAttention | None]) -> None:
         """The classes of every timed layer's input-channel dim and output-channel dim, laid end to end, so that
-        a plan's widths are one count of surviving classes (a dim without labels keeps its dense width)."""
+        a plan's widths are one count of surviving classes (a dim without labels keeps its dense width);
+        `attentions`: each layer's attention, None for the others."""
         spans, self._fixed, parts = [], [], []
-        for node, layer in zip(self.nodes, self.layers):
-            for dims, dense in zip(width_dims(node, layer), (layer.in_channels, layer.out_channels)):
+        for node, layer, attention in zip(self.nodes, self.layers, attentions):
+            for dims, dense in zip(width_dims(node, layer, attention), (layer.in_channels, layer.out_channels)):
                 classes = [self.cost_model.dim_classes(arg, axis) for arg, axis in dims]
                 labelled = all(each is not None for each in classes)
                 spans.append(np.concatenate(classes) if labelled else np.zeros(0, dtype=np.int64))

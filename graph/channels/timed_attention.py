@@ -18,11 +18,10 @@ from dataclasses import dataclass
 
 import torch
 
+from prunefx.graph.channels.attention_dims import PRODUCTS, SDPA
 from prunefx.graph.counting import _shape
 
 aten = torch.ops.aten
-SDPA = aten.scaled_dot_product_attention.default
-_PRODUCTS = {aten.matmul.default, aten.bmm.default}
 _SOFTMAX = {aten.softmax.int, aten._softmax.default}
 _VIEWS = {aten.view.default, aten.reshape.default, aten._unsafe_view.default}
 _SCALINGS = {aten.mul.Tensor, aten.div.Tensor, aten.mul.Scalar, aten.div.Scalar}
@@ -46,7 +45,7 @@ def timed_attention(node: torch.fx.Node) -> TimedAttention | None:
         return None
     if node.target is SDPA:
         return _fused(node)
-    if node.target in _PRODUCTS:
+    if node.target in PRODUCTS:
         return _spelled_out(node)
     return None
 
@@ -93,7 +92,7 @@ def _spelled_out(node: torch.fx.Node) -> TimedAttention | None:
     if probabilities.args[1] not in (-1, 3) or len(probabilities.users) != 1 or probabilities.kwargs:
         return None
     scores, terms = _scores_product(probabilities.args[0])
-    if scores is None or scores.target not in _PRODUCTS:
+    if scores is None or scores.target not in PRODUCTS:
         return None
     q, k_t = scores.args[:2]
     transposed, shape = _shape(k_t), _shape(q)
