@@ -107,6 +107,8 @@ RUNS = (
     Run("combing_time", "combing_time", minutes=1),
     # simulated (an oracle runtime): the budget search's rules on a machine busy for a while
     Run("budget_search_noise", "budget_search_noise", minutes=4),
+    # the OBS elimination's host reads (each a wait on a GPU), counted on the CPU
+    Run("obs_host_reads", "obs_host_reads", minutes=1),
     Run("gelu_opset", "gelu_opset", minutes=4, guessed=True),
     Run("latency_choice_speed", "latency_choice_speed", minutes=4),
     Run("data_loading", "data_loading", minutes=2),
