@@ -8,13 +8,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 CONFIDENCE = 0.90  # two-sided: the lower bound is exceeded with 95 % probability
+# A reading during which other processes took this share of its cores or more was taken on a busy machine. Low,
+# because the share is an average: a competitor spinning in bursts took 0.14-0.16 of two cores and still spoilt a
+# confirmation whose bursts fell on one side's blocks; a quiet machine reads 0.01 or less (benchmarks/busy_machine.py)
+BUSY = 0.1
 
 
 @dataclass(frozen=True)
 class Timing:
     """Both medians, the candidate's spread (p90/median - 1), and the bounds of the speed-up interval at
-    `confidence` (equal to the speed-up when `method` is "point"). Unpacks as the three numbers a search
-    measurement gives, `dense_ms, ms, spread = timing`."""
+    `confidence` (equal to the speed-up when `method` is "point"); `contention`: the share of the measuring cores
+    that other processes took meanwhile (runtime/measure/machine_load.py; None: not known). Unpacks as the three
+    numbers a search measurement gives, `dense_ms, ms, spread = timing`."""
 
     dense_ms: float
     ms: float
@@ -23,6 +28,7 @@ class Timing:
     high: float | None = None
     confidence: float = CONFIDENCE
     method: str = "point"
+    contention: float | None = None
 
     def __post_init__(self):
         if self.low is None or self.high is None:  # no interval given: the point is all there is
@@ -33,6 +39,11 @@ class Timing:
     @property
     def speedup(self) -> float:
         return self.dense_ms / self.ms
+
+    @property
+    def busy(self) -> bool:
+        """Measured while other processes took BUSY of its cores or more: its figures may be off, alike."""
+        return self.contention is not None and self.contention >= BUSY
 
     def __iter__(self) -> Iterator[float]:
         return iter((self.dense_ms, self.ms, self.spread))

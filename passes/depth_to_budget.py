@@ -155,7 +155,8 @@ class DepthSearch:
         missed, met = 0, everything  # n = 0 is the dense model: it never meets a budget (> 1x)
         while len(met.blocks) - missed > 1:
             candidate = yield from self.measuring((missed + len(met.blocks)) // 2)
-            if self.meets(candidate) and self.meets((yield from self.confirming(candidate))):
+            # a reading a busy machine took (Timing.busy) is confirmed before it decides either way
+            if (self.meets(candidate) or candidate.measured.busy) and self.meets((yield from self.confirming(candidate))):
                 met = candidate
             else:
                 missed = len(candidate.blocks)

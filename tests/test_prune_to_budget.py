@@ -125,21 +125,26 @@ def test_a_reading_faster_than_a_more_pruned_one_is_confirmed_however_fast(resne
     assert len(result.stats["trace"]) == 3 and 1.5 <= result.stats["speedup"] <= 1.5 * 1.15
 
 
-def busy_for_a_while(start: int, stop: int, slower: float):
+def busy_for_a_while(start: int, stop: int, slower: float, share: float | None = None):
     """latency_of_macs on a machine busy from its `start`-th to its `stop`-th reading (counted from 0): those read
     the candidate `slower` times slower. A confirmation is the median of 4 readings, a longer one of 8, as the
-    ONNX Runtime measurer's fresh processes are: a busy stretch can spoil a confirmation whole."""
+    ONNX Runtime measurer's fresh processes are: a busy stretch can spoil a confirmation whole. `share`: what a
+    busy reading says other processes took of the cores (None: nothing said, as on a machine without /proc/stat);
+    a measurement says the median of its readings'."""
     truth, readings = latency_of_macs(), []
 
     def reading(dense, candidate):
         dense_ms, ms, _ = truth(dense, candidate)
         readings.append(candidate)
-        return dense_ms, ms * (slower if start < len(readings) <= stop else 1.0)
+        busy = start < len(readings) <= stop
+        return dense_ms, ms * (slower if busy else 1.0), share if busy else 0.0
 
     def medians(count):
         def measure(dense, candidate):
             rows = [reading(dense, candidate) for _ in range(count)]
-            return statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows), 0.01
+            said = None if share is None else statistics.median(r[2] for r in rows)
+            return Timing(statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows), 0.01,
+                          contention=said)
         return measure
 
     latency = medians(1)
@@ -158,6 +163,35 @@ def test_a_confirmation_spoilt_by_a_busy_machine_is_measured_again_when_later_re
     assert 1.5 <= dense_ms / ms <= 1.5 * 1.25
     assert result.stats["trace"][0].get("longer")  # the spoilt confirmation, measured again
     assert "; measured longer" in search_lines(result.stats)[0]  # and the console says so
+
+
+def test_readings_a_busy_machine_spoilt_alike_are_confirmed_and_measured_longer_when_they_say_so(resnet20):
+    """A machine busy through the first six readings reads every candidate twice as slow: readings spoilt alike
+    agree with one another, and a search that believes them prunes far more than asked (2.18x the budget here).
+    Readings that say other processes took a busy share of the cores (Timing.busy) are confirmed, and a busy
+    confirmation is measured longer; the console names the share."""
+    unsaid = prune_to_budget(resnet20.clone(), config={"speedup": 1.5, "latency": busy_for_a_while(0, 6, 2.0),
+                                                       "round_to": 4})
+    said = prune_to_budget(resnet20.clone(), config={"speedup": 1.5, "latency": busy_for_a_while(0, 6, 2.0, 0.5),
+                                                     "round_to": 4})
+    oracle = latency_of_macs()  # the true speed-ups of the models returned
+    assert oracle(resnet20, unsaid.program)[0] / oracle(resnet20, unsaid.program)[1] > 1.5 * 1.25
+    dense_ms, ms, _ = oracle(resnet20, said.program)
+    assert 1.5 <= dense_ms / ms <= 1.5 * 1.25
+    first = said.stats["trace"][0]
+    assert first["longer"] and first["first"]["contention"] == 0.5 and first["contention"] == 0.0
+    lines = search_lines(said.stats)
+    assert lines[0].endswith("first measured 0.81x while other processes took 50 % of the cores)")
+    assert not any(line.startswith("  measured on a busy machine") for line in lines)  # the longer figures: quiet
+
+
+def test_figures_accepted_on_a_machine_busy_throughout_are_said_to_be(resnet20):
+    latency = busy_for_a_while(0, 10_000, 1.0, 0.4)  # busy all along, each reading still right
+    result = prune_to_budget(resnet20.clone(), config={"speedup": 1.5, "latency": latency, "round_to": 4})
+    lines = search_lines(result.stats)
+    assert lines[0].endswith("; measured while other processes took 40 % of the cores)")
+    assert lines[-1].startswith("  measured on a busy machine: other processes took 40 % of the cores")
+    assert result.stats["chosen"]["contention"] == 0.4 and result.stats["chosen"]["longer"]
 
 
 def test_a_model_returned_faster_than_the_window_says_so_and_the_report_keeps_the_window(resnet20):

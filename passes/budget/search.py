@@ -78,6 +78,11 @@ class Measured:
         return self.timing.speedup
 
     @property
+    def busy(self) -> bool:
+        """The figures it holds were measured while other processes took much of the cores (Timing.busy)."""
+        return self.timing.busy
+
+    @property
     def confirmed(self) -> bool:
         return self.first is not None
 
@@ -91,7 +96,8 @@ class Measured:
         drive(self.confirming(dense, candidate), latency)
 
     def confirming(self, dense: Program, candidate: Program, against: float | None = None) -> Steps:
-        """Measure again, longer (once): the confirmation's figures and interval replace the first ones.
+        """Measure again, longer (once): the confirmation's figures and interval replace the first ones; and longer
+        still where the confirmation was taken on a busy machine (Timing.busy), which can spoil it whole.
         `against`: the speed-up the interval is judged against (the measurer may stop once it settles it)."""
         if self.first is None:
             first = self.timing
@@ -99,6 +105,8 @@ class Measured:
             if timing is not None:
                 self.timing = timing
             self.first = first
+            if timing is not None and timing.busy:
+                yield from self.confirming_longer(dense, candidate, against)
 
     def confirming_longer(self, dense: Program, candidate: Program, against: float | None = None) -> Steps:
         """Once confirmed, measure longer still (once) where the measurer can (measurement.LongerMeasurer); the
@@ -118,8 +126,9 @@ class Measured:
         """The inverse of to_dict."""
         first, interval = row.get("first"), row.get("interval")
         bounds = (interval["low"], interval["high"], interval["confidence"], interval["method"]) if interval else ()
-        return cls(Timing(row["dense_ms"], row["ms"], row["spread"], *bounds),
-                   Timing(first["dense_ms"], first["ms"], first["spread"]) if first else None, bool(row.get("longer")))
+        return cls(Timing(row["dense_ms"], row["ms"], row["spread"], *bounds, contention=row.get("contention")),
+                   Timing(first["dense_ms"], first["ms"], first["spread"], contention=first.get("contention"))
+                   if first else None, bool(row.get("longer")))
 
     def to_dict(self) -> dict:
         row: dict[str, object] = {"speedup": self.speedup, "dense_ms": self.dense_ms, "ms": self.ms, "spread": self.spread,
@@ -129,10 +138,15 @@ class Measured:
                                "method": self.method}
         if self.first is not None:
             row["first"] = {"speedup": self.first.speedup, "dense_ms": self.first.dense_ms, "ms": self.first.ms,
-                            "spread": self.first.spread}
+                            "spread": self.first.spread, **_contention(self.first)}
         if self.longer:
             row["longer"] = True
-        return row
+        return {**row, **_contention(self.timing)}
+
+
+def _contention(timing: Timing) -> dict:
+    """The share of the cores other processes took while `timing` was measured, where it is known."""
+    return {} if timing.contention is None else {"contention": timing.contention}
 
 
 def meets(measured: Measured, *, speedup: float | None, latency_ms: float | None) -> bool:
@@ -197,9 +211,9 @@ class Acceptance:
     def confirming(self, measured: Measured, dense: Program, candidate: Program, *,
                    longer_below_floor: bool = True) -> Steps:
         """Confirm `measured` (once), and measure longer still where the budget lies inside the interval
-        (Measured.straddles): the step every search takes before it relies on a reading. `longer_below_floor`
-        False: not where the point lies below S times the floor, which no longer reading lets `meets` accept (a
-        search whose last resort is such a candidate measures it longer then)."""
+        (Measured.straddles): the step every search takes before it relies on a reading. `longer_below_floor` False: not where the point lies below S times the
+        floor, which no longer reading lets `meets` accept (a search whose last resort is such a candidate measures
+        it longer then)."""
         # each measurement is judged against S: the measurer may stop once its interval settles it
         yield from measured.confirming(dense, candidate, self.wanted(measured))
         if self.wants_longer(measured, below_floor=longer_below_floor):

@@ -143,9 +143,10 @@ class WidthSearch:
         fraction = min(start / (wanted * (1 + self.settings.tolerance / 2)), 1.0) if wanted > 1 else 0.5
         for _ in range(self.settings.max_candidates):
             candidate = yield from self.measuring(fraction)
-            if self.disagreeing(candidate) or \
+            if self.disagreeing(candidate) or candidate.measured.busy or \
                     ((self.meets(candidate) or self.near_miss(candidate)) and not self.clearly_fast(candidate)):
-                yield from self.confirming(candidate)  # what could be returned, and what a noisy first measurement put below
+                # what could be returned, what a noisy first measurement put below, and what a busy machine read
+                yield from self.confirming(candidate)
             for other in self.disagreeing(candidate):  # confirmed, it still disagrees: the other reading is the suspect
                 yield from self.measuring_again(other)
             if self.close_enough(candidate):

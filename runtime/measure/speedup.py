@@ -10,6 +10,7 @@ alternately in this process, so machine noise hits both alike; the speed-up is t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 from prunefx.graph import Program
 from prunefx.graph.timing import Timing
 from prunefx.runtime.measure.latency import LatencyComparison, LatencyStats, compare_latency, compare_rounds
+from prunefx.runtime.measure.machine_load import LoadMeter
 from prunefx.runtime.measure.measured_files import ExportCache
 from prunefx.runtime.measure.width_multiple import onnxruntime_multiple
 from prunefx.runtime.model_precision import require_float32
@@ -215,7 +217,9 @@ def cached_pair(sources, timed: Callable[..., Timing], *, stops_early: bool = Fa
     """`timed(entry_before, entry_after)` run once per pair of models: `sources.get(program)` gives an entry
     whose last item identifies what is timed (the file's sha256, say), and a pair measured before is
     answered from the cache. `stops_early`: `timed` also takes `against` (compare_rounds' `until`), part of
-    the key, since a measurement stopped early for one budget is not the whole one another needs."""
+    the key, since a measurement stopped early for one budget is not the whole one another needs.
+    Each Timing carries the share of the cores other processes took while it was timed (machine_load.py); one
+    taken on a busy machine (Timing.busy) is not cached: asked again, the pair is timed again."""
     cache: dict[tuple, Timing] = {}
     key_of = getattr(sources, "key", None)  # where the key is cheap to know, a cached pair prepares nothing
 
@@ -229,9 +233,14 @@ def cached_pair(sources, timed: Callable[..., Timing], *, stops_early: bool = Fa
         else:
             a, b = sources.get(before), sources.get(after)
         key = (a[-1], b[-1], *extra)
-        if key not in cache:
-            cache[key] = timed(a, b, against) if stops_early else timed(a, b)
-        return cache[key]
+        if key in cache:
+            return cache[key]
+        with LoadMeter() as meter:
+            timing = timed(a, b, against) if stops_early else timed(a, b)
+        timing = dataclasses.replace(Timing.of(timing), contention=meter.share)
+        if not timing.busy:
+            cache[key] = timing
+        return timing
 
     measure.stops_early = stops_early  # type: ignore[attr-defined]
     return measure

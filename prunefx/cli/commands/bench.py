@@ -31,8 +31,10 @@ from prunefx.bench_models import (
     input_text,
 )
 from prunefx.graph.errors import PrunefxError
+from prunefx.graph.timing import BUSY
 from prunefx.reports.budget_text import interval_text
 from prunefx.reports.compression import json_safe
+from prunefx.runtime.measure.machine_load import LoadMeter
 from prunefx.runtime.tables.timers import cpu_model
 
 
@@ -70,12 +72,24 @@ def run(args) -> int:
         report["inputs"] = [input_text(tensor) for tensor in models[0].inputs]  # shape and type of each
         if len(models[0].inputs) == 1 and models[0].inputs[0].dim() > 0:  # the batch timed, also where not asked for
             report.setdefault("batch", int(models[0].inputs[0].shape[0]))
-        report.update(backend.bench(models, settings))
+        with LoadMeter() as meter:
+            report.update(backend.bench(models, settings))
+    _note_contention(report, meter.share)
     if args.vs:
         report["vs"] = args.vs
     # a speed-up over a zero median is infinite: null, never the `Infinity` strict JSON readers refuse
     print(json.dumps(json_safe(report), indent=2, allow_nan=False) if args.json else _table(report))
     return 0
+
+
+def _note_contention(report: dict, share: float | None) -> None:
+    """The share of the cores other processes took while the models were timed (None: not known), and a note
+    where it was a busy share (graph/timing.py's BUSY): those figures are slower than the machine's own."""
+    report["contention"] = share
+    if share is not None and share >= BUSY:
+        report.setdefault("notes", []).append(
+            f"other processes took {share:.0%} of the cores while this was measured: the figures may be slower than "
+            f"this machine's own; run it again with nothing else running".replace("%", " %"))
 
 
 def _inputs_text(model) -> str:

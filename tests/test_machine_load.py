@@ -1,0 +1,93 @@
+"""The share of the measuring cores other processes took during a reading (runtime/measure/machine_load.py), and
+what a timing taken on a busy machine carries (speedup.cached_pair). Oracles: /proc/stat texts and clocks whose
+shares are worked out by hand, and processes this test starts that spin on every core."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from prunefx.graph.timing import BUSY, Timing
+from prunefx.runtime.measure import machine_load, speedup
+from prunefx.runtime.measure.machine_load import CpuClock, LoadMeter, busy_seconds, others_share
+
+#        user nice system idle iowait irq softirq steal guest guest_nice
+STAT = """cpu  900 90 300 5000 70 10 20 30 0 0
+cpu0 100 10 40 1000 10 1 2 3 0 0
+cpu1 200 20 60 2000 20 2 4 6 0 0
+cpu2 600 60 200 2000 40 7 14 21 0 0
+intr 1 2 3
+ctxt 4
+"""
+
+
+def test_busy_seconds_sum_the_busy_columns_of_the_cores_this_process_may_run_on():
+    # cpu0: 100+10+40+1+2+3 = 156 ticks, cpu2: 600+60+200+7+14+21 = 902; idle and iowait are not busy
+    assert busy_seconds(STAT, {0, 2}, 0.01) == (pytest.approx(10.58), 2)
+    # an affinity that names none of the listed cores (numbered otherwise): every core
+    assert busy_seconds(STAT, {7}, 0.01) == (pytest.approx(10.58 + 2.92), 3)
+
+
+def test_the_share_is_what_other_processes_took_of_the_cores_time():
+    before = CpuClock(busy=10.0, own=3.0, wall=100.0, cores=2)
+    # 2 s of wall time on 2 cores: 4 core-seconds; 3 of them busy, 1 of those this process's own
+    assert others_share(before, CpuClock(13.0, 4.0, 102.0, 2)) == pytest.approx(0.5)
+    assert others_share(before, CpuClock(11.0, 4.5, 102.0, 2)) == 0.0  # tick rounding: never below 0
+    assert others_share(before, CpuClock(10.05, 3.0, 100.05, 2)) is None  # too short to say
+    assert others_share(None, before) is None
+
+
+def test_without_proc_stat_the_share_is_not_known(tmp_path):
+    with LoadMeter(tmp_path / "absent") as meter:
+        time.sleep(0.15)
+    assert meter.share is None
+
+
+@pytest.mark.skipif(not machine_load.PROC_STAT.exists(), reason="needs Linux's /proc/stat")
+def test_processes_spinning_on_every_core_are_counted_and_a_waited_child_is_not():
+    cores = len(os.sched_getaffinity(0))
+    spin = "import time\nend = time.time() + {}\nwhile time.time() < end: pass"
+    spinners = [subprocess.Popen([sys.executable, "-c", spin.format(2.5)]) for _ in range(cores)]
+    try:
+        time.sleep(0.5)  # started
+        with LoadMeter() as meter:
+            time.sleep(1.0)
+    finally:
+        for process in spinners:
+            process.kill()
+            process.wait()
+    assert meter.share >= 0.5
+    with LoadMeter() as own:  # a child waited for inside the block is this measurement's own work
+        subprocess.run([sys.executable, "-c", spin.format(1.0)], check=True)
+    assert own.share < meter.share
+
+
+class Files:
+    """cached_pair's `sources`: each Program is its own entry."""
+
+    def get(self, program):
+        return (program,)
+
+
+@pytest.mark.parametrize("share, timed_twice", [(0.6, True), (0.05, False), (None, False)])
+def test_a_reading_taken_on_a_busy_machine_carries_its_share_and_is_not_answered_again(monkeypatch, share, timed_twice):
+    class Meter:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc_info):
+            self.share = share
+
+    monkeypatch.setattr(speedup, "LoadMeter", Meter)
+    calls = []
+
+    def timed(a, b):
+        calls.append((a, b))
+        return Timing(2.0, 1.0, 0.01)
+
+    pair = speedup.cached_pair(Files(), timed)
+    first, second = pair("dense", "candidate"), pair("dense", "candidate")
+    assert first.contention == share and first.busy == (share is not None and share >= BUSY)
+    assert len(calls) == (2 if timed_twice else 1) and second.speedup == 2.0
