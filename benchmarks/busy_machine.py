@@ -6,7 +6,8 @@ confirmation (4 fresh processes). Each is taken under four conditions, the compe
 measurement and stopped after it:
 - quiet: no competitor;
 - steady: one process spinning without pause;
-- bursty: one process spinning 0.3 s in every 0.6 s (the shape of a test suite's load);
+- bursty: one process spinning 0.3 s in every 0.6 s (the shape of a test suite's load); short bursts: 0.05 s in
+  every 0.15 s;
 - every core: one spinning process per core.
 `contention` is what the Timing carries (runtime/measure/machine_load.py: the share of the cores other processes
 took); `busy` how many readings reached graph/timing.py's BUSY. A speed-up's error is against the quiet readings'
@@ -36,7 +37,8 @@ from prunefx.passes.core.pipeline import run_inner
 from prunefx.runtime import onnx_latency_pair
 
 SPIN = "import time\nwhile True:\n    start = time.time()\n    while time.time() - start < {busy}: pass\n    time.sleep({rest})"
-CONDITIONS = {"quiet": (), "steady": ((1.0, 0.0),), "bursty": ((0.3, 0.3),)}  # (seconds spinning, seconds resting)
+# (seconds spinning, seconds resting) of each competitor
+CONDITIONS = {"quiet": (), "steady": ((1.0, 0.0),), "bursty": ((0.3, 0.3),), "short bursts": ((0.05, 0.1),)}
 
 
 def competitors(condition: str) -> list[tuple[float, float]]:
