@@ -18,6 +18,7 @@ from prunefx.data import fashion_mnist
 from prunefx.graph import capture, count
 from prunefx.graph.depth.blocks import find_blocks
 from prunefx.graph.errors import PrunefxError
+from prunefx.graph.timing import Timing
 from prunefx.models import build_model
 from prunefx.passes import Pipeline, depth_to_budget, linearize_blocks, merge_blocks
 
@@ -88,6 +89,31 @@ def test_a_noisy_first_measurement_is_not_accepted(ranked_once):
     assert noisy["confirmed"] and noisy["first"]["speedup"] >= BUDGET > noisy["speedup"]
     assert len(stats["blocks"]) > noisy["n"]
     assert oracle_speedup(program, stats["blocks"], batches) >= BUDGET
+
+
+def test_a_busy_reading_is_confirmed_before_it_decides(ranked_once):
+    """A reading taken while other processes took half the cores (Timing.busy) reads a candidate that meets the budget
+    1.3x slow: believed, the bisection would pass over it for more blocks than needed; confirmed (quietly), it meets,
+    and the fewest blocks that meet are returned."""
+    program, batches, (ranked, _) = ranked_once
+    truth, readings, spoilt = macs_latency(), [], []
+
+    def latency(dense, candidate):
+        dense_ms, ms, spread = truth(dense, candidate)
+        readings.append(candidate)
+        if len(readings) > 1 and dense_ms / ms >= BUDGET and not spoilt:  # not the first: every block
+            spoilt.append(candidate)
+            return Timing(dense_ms, ms * 1.3, spread, contention=0.5)
+        return Timing(dense_ms, ms, spread, contention=0.0)
+
+    latency.confirm = macs_latency()
+    stats = depth_to_budget(program.clone(), config={"speedup": BUDGET, "latency": latency,
+                                                     "calibration": batches}).stats
+    (busy,) = [row for row in stats["trace"] if row.get("first", {}).get("contention") == 0.5]
+    assert busy["confirmed"] and busy["first"]["speedup"] < BUDGET <= busy["speedup"]
+    names = [block.name for block in ranked]
+    assert oracle_speedup(program, stats["blocks"], batches) >= BUDGET
+    assert oracle_speedup(program, names[:len(stats["blocks"]) - 1], batches) < BUDGET  # the fewest
 
 
 @pytest.mark.slow

@@ -2,14 +2,21 @@
 what a timing taken on a busy machine carries (speedup.cached_pair). Oracles: /proc/stat texts and clocks whose
 shares are worked out by hand, and processes this test starts that spin on every core."""
 
+import importlib
+import json
 import os
 import subprocess
 import sys
 import time
 
 import pytest
+import torch
+from torch import nn
 
+from prunefx.cli import main
+from prunefx.graph import capture
 from prunefx.graph.timing import BUSY, Timing
+from prunefx.runtime import export_onnx
 from prunefx.runtime.measure import machine_load, speedup
 from prunefx.runtime.measure.machine_load import CpuClock, LoadMeter, busy_seconds, others_share
 
@@ -91,3 +98,24 @@ def test_a_reading_taken_on_a_busy_machine_carries_its_share_and_is_not_answered
     first, second = pair("dense", "candidate"), pair("dense", "candidate")
     assert first.contention == share and first.busy == (share is not None and share >= BUSY)
     assert len(calls) == (2 if timed_twice else 1) and second.speedup == 2.0
+
+
+@pytest.mark.parametrize("share", [0.4, 0.02])
+def test_bench_reports_the_share_and_notes_a_busy_one(tmp_path, capsys, monkeypatch, share):
+    class Meter:  # what the load meter read while the model was timed
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc_info):
+            self.share = share
+
+    monkeypatch.setattr(importlib.import_module("prunefx.cli.commands.bench"), "LoadMeter", Meter)
+    program = capture(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()).eval(), torch.randn(1, 3, 16, 16))
+    path = export_onnx(program, tmp_path / "conv.onnx").path
+    assert main(["bench", str(path), "--runs", "3", "--warmup", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["contention"] == share
+    busy_notes = [note for note in report.get("notes", []) if "other processes took 40 % of the cores" in note]
+    assert len(busy_notes) == (share >= BUSY)
+    assert main(["bench", str(path), "--runs", "3", "--warmup", "1"]) == 0
+    assert ("note: other processes took 40 % of the cores" in capsys.readouterr().out) == (share >= BUSY)
