@@ -97,7 +97,4 @@ def _latency(backend: str, comparison: LatencyComparison, options: Options, *, b
              **more) -> Latency:
     return Latency(backend, threads, options.runs, comparison.a.median_ms, comparison.b.median_ms, comparison.speedup,
                    extra={"batch_size": batch, "warmup": options.warmup, "dense": comparison.a.to_dict(),
-                          "compressed": comparison.b.to_dict(),
-                          # trtexec times one model after the other: no interval
-                          "interval": comparison.interval() if comparison.speedup_low is not None else None,
-                          "rounds": comparison.rounds, **more})
+                          "compressed": comparison.b.to_dict(), **comparison.reported(), **more})

@@ -29,6 +29,14 @@ def test_a_backend_that_times_one_model_after_the_other_is_not_said_to_alternate
     assert "speed-up measured alternately in 4 fresh processes, 50 runs each" in console_summary(_report())
 
 
+def test_a_speed_up_measured_on_a_busy_machine_is_said_to_be():
+    """report.json's `latency.contention` (the share of the cores other processes took) from 0.1 on: a note."""
+    busy = console_summary(_report(contention=0.37)).splitlines()[-1]
+    assert busy.startswith("note: other processes took 37 % of the cores while the speed-up was measured")
+    for quiet in (0.02, None):
+        assert "note:" not in console_summary(_report(contention=quiet))
+
+
 def test_report_md_names_a_warm_up_only_where_the_backend_read_one():
     from prunefx.reports.compression import markdown_report
 

@@ -1,5 +1,6 @@
-"""The share of the measuring cores other processes took during a reading (runtime/measure/machine_load.py), and
-what a timing taken on a busy machine carries (speedup.cached_pair). Oracles: /proc/stat texts and clocks whose
+"""The share of the measuring cores other processes took during a reading (runtime/measure/machine_load.py), what
+a CPU comparison carries (latency.compare_latency, compare_rounds), how a budget's pair treats a busy one
+(speedup.cached_pair), and what `prunefx bench` says of it. Oracles: /proc/stat texts and clocks whose
 shares are worked out by hand, and processes this test starts that spin on every core."""
 
 import importlib
@@ -15,9 +16,9 @@ from torch import nn
 
 from prunefx.cli import main
 from prunefx.graph import capture
-from prunefx.graph.timing import BUSY, Timing
+from prunefx.graph.timing import BUSY
 from prunefx.runtime import export_onnx
-from prunefx.runtime.measure import machine_load, speedup
+from prunefx.runtime.measure import latency, machine_load, speedup
 from prunefx.runtime.measure.machine_load import CpuClock, LoadMeter, busy_seconds, others_share
 
 #        user nice system idle iowait irq softirq steal guest guest_nice
@@ -78,8 +79,8 @@ class Files:
         return (program,)
 
 
-@pytest.mark.parametrize("share, timed_twice", [(0.6, True), (0.05, False), (None, False)])
-def test_a_reading_taken_on_a_busy_machine_carries_its_share_and_is_not_answered_again(monkeypatch, share, timed_twice):
+def fake_meter(share: float | None):
+    """A LoadMeter that read `share` (what the load meter read while a comparison ran)."""
     class Meter:
         def __enter__(self):
             return self
@@ -87,29 +88,34 @@ def test_a_reading_taken_on_a_busy_machine_carries_its_share_and_is_not_answered
         def __exit__(self, *exc_info):
             self.share = share
 
-    monkeypatch.setattr(speedup, "LoadMeter", Meter)
+    return Meter
+
+
+@pytest.mark.parametrize("share, timed_twice", [(0.6, True), (0.05, False), (None, False)])
+def test_a_reading_taken_on_a_busy_machine_carries_its_share_and_is_not_answered_again(monkeypatch, share, timed_twice):
+    monkeypatch.setattr(latency, "LoadMeter", fake_meter(share))
     calls = []
 
-    def timed(a, b):
+    def timed(a, b):  # a CPU comparison, as the ONNX Runtime pair makes it
         calls.append((a, b))
-        return Timing(2.0, 1.0, 0.01)
+        return speedup.timing_of(latency.compare_latency(lambda: None, lambda: None, warmup=1, runs=2, block=1))
 
     pair = speedup.cached_pair(Files(), timed)
     first, second = pair("dense", "candidate"), pair("dense", "candidate")
     assert first.contention == share and first.busy == (share is not None and share >= BUSY)
-    assert len(calls) == (2 if timed_twice else 1) and second.speedup == 2.0
+    assert len(calls) == (2 if timed_twice else 1) and second.contention == share
+
+
+def test_a_comparison_over_rounds_carries_the_share_too(monkeypatch):
+    monkeypatch.setattr(latency, "LoadMeter", fake_meter(0.3))
+    comparison = latency.compare_rounds(lambda: (lambda: None), lambda: (lambda: None), rounds=2, warmup=1, runs=4,
+                                        block=1)
+    assert comparison.contention == 0.3 and comparison.to_dict()["contention"] == 0.3
 
 
 @pytest.mark.parametrize("share", [0.4, 0.02])
 def test_bench_reports_the_share_and_notes_a_busy_one(tmp_path, capsys, monkeypatch, share):
-    class Meter:  # what the load meter read while the model was timed
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc_info):
-            self.share = share
-
-    monkeypatch.setattr(importlib.import_module("prunefx.cli.commands.bench"), "LoadMeter", Meter)
+    monkeypatch.setattr(importlib.import_module("prunefx.cli.commands.bench"), "LoadMeter", fake_meter(share))
     program = capture(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()).eval(), torch.randn(1, 3, 16, 16))
     path = export_onnx(program, tmp_path / "conv.onnx").path
     assert main(["bench", str(path), "--runs", "3", "--warmup", "1", "--json"]) == 0

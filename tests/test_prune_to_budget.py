@@ -185,6 +185,17 @@ def test_readings_a_busy_machine_spoilt_alike_are_confirmed_and_measured_longer_
     assert not any(line.startswith("  measured on a busy machine") for line in lines)  # the longer figures: quiet
 
 
+def test_a_candidate_measured_longer_on_a_busy_machine_is_measured_again_when_a_fresher_reading_disagrees(resnet20):
+    """Busy from the second reading to the thirteenth: the first candidate, read in the window, is confirmed and
+    measured longer while busy (0.81x, slower than dense), and the search prunes on. A fresher reading at odds with
+    those busy figures has it measured longer once more (quietly), back in the window, where the search ends."""
+    result = prune_to_budget(resnet20.clone(), config={"speedup": 1.5, "round_to": 4,
+                                                       "latency": busy_for_a_while(1, 13, 2.0, 0.5)})
+    dense_ms, ms, _ = latency_of_macs()(resnet20, result.program)
+    assert 1.5 <= dense_ms / ms <= 1.5 * 1.15
+    assert result.stats["chosen"]["contention"] == 0.0 and result.stats["chosen"]["longer"]
+
+
 def test_figures_accepted_on_a_machine_busy_throughout_are_said_to_be(resnet20):
     latency = busy_for_a_while(0, 10_000, 1.0, 0.4)  # busy all along, each reading still right
     result = prune_to_budget(resnet20.clone(), config={"speedup": 1.5, "latency": latency, "round_to": 4})

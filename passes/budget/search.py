@@ -26,6 +26,9 @@ from prunefx.passes.budget.measurement import Ask, Steps, Timing, drive
 # The lowest point an accepted candidate may read, in units of S: a point just above S reads below S in another
 # process about half the time (docs/latency-budgets.md, 'How a candidate is accepted')
 CROSS_PROCESS = 1.05
+# A candidate whose figures a busy machine took (Timing.busy) may be measured longer this many times in all: once
+# where its confirmation was busy, once more where a fresher reading is at odds with it (width_search.py)
+MOST_LONGER_WHEN_BUSY = 2
 
 
 @dataclass
@@ -33,11 +36,13 @@ class Measured:
     """A candidate's latency beside the dense model's, as the search knows it. `timing` is the measurer's Timing
     itself, unchanged from the timer to the report: the search's reading until confirmed, read as a point (a
     short reading's interval is not relied on), then the confirmation's, whose interval decides. `first` keeps
-    the search's reading once confirmed; `longer`: measured longer still, and those figures replaced it."""
+    the search's reading once confirmed; `longer`: measured longer still, and those figures replaced it (`times_longer`
+    counts how often it was asked)."""
 
     timing: Timing
     first: Timing | None = None
     longer: bool = False
+    times_longer: int = 0
 
     @classmethod
     def of(cls, reading) -> Measured:
@@ -109,11 +114,14 @@ class Measured:
                 yield from self.confirming_longer(dense, candidate, against)
 
     def confirming_longer(self, dense: Program, candidate: Program, against: float | None = None) -> Steps:
-        """Once confirmed, measure longer still (once) where the measurer can (measurement.LongerMeasurer); the
-        longer figures and interval replace the confirmed ones, and `first` stays the search's measurement."""
-        if self.first is not None and not self.longer:
+        """Once confirmed, measure longer still where the measurer can (measurement.LongerMeasurer): once, or while
+        its figures are busy up to MOST_LONGER_WHEN_BUSY times. The longer figures and interval replace the
+        confirmed ones unless they are busier still; `first` stays the search's measurement."""
+        again = self.busy and self.times_longer < MOST_LONGER_WHEN_BUSY
+        if self.first is not None and (not self.longer or again):
             timing = yield Ask("confirm_longer", dense, candidate, against)
-            if timing is not None:
+            self.times_longer += 1
+            if timing is not None and not (self.longer and _busier(timing, self.timing)):
                 self.timing, self.longer = timing, True
 
     def straddles(self, wanted: float, tolerance: float) -> bool:
@@ -142,6 +150,11 @@ class Measured:
         if self.longer:
             row["longer"] = True
         return {**row, **_contention(self.timing)}
+
+
+def _busier(new: Timing, old: Timing) -> bool:
+    """Whether other processes took more of the cores during `new` than during `old` (never where either is unknown)."""
+    return new.contention is not None and old.contention is not None and new.contention > old.contention
 
 
 def _contention(timing: Timing) -> dict:

@@ -180,7 +180,8 @@ class WidthSearch:
 
     def measuring_again(self, candidate: WidthCandidate) -> Steps:
         """A reading at odds with a fresher one measured again: confirmed if it was not, else measured longer (once,
-        where the measurer can): a confirmation taken while the machine was busy can bar the window for good."""
+        or again where its figures are busy: Measured.confirming_longer): a confirmation taken while the machine was
+        busy can bar the window for good."""
         if not self.settings.confirm:
             return
         if not candidate.measured.confirmed:

@@ -27,10 +27,10 @@ def search_lines(budget: dict, *, candidate: Callable[[dict], str] = lambda row:
             continue
         how = "measured longer" if row.get("longer") else "confirmed"  # longer: after a confirmation that did not settle
         confirmed = (f"; {how}{interval_text(row.get('interval'))}, first measured {row['first']['speedup']:.2f}x"
-                     f"{_busy_text(row['first'], ' while ')}" if row.get("first") else "")
+                     f"{busy_text(row['first'], ' while ')}" if row.get("first") else "")
         lines.append(f"  candidate: {candidate(row)}{row['macs_kept']:.3f} of the MACs -> "
                      f"{row['speedup']:.2f}x ({row['ms']:.2f} ms vs {row['dense_ms']:.2f} ms dense, spread "
-                     f"{row['spread']:.0%}{confirmed}{_busy_text(row, '; measured while ')})")
+                     f"{row['spread']:.0%}{confirmed}{busy_text(row, '; measured while ')})")
     backend = budget.get("backend", "ort")  # reports written before backends were recorded: ONNX Runtime
     runtime = backends.label(backend)
     precision = f" {budget['precision']}" if budget.get("precision") not in (None, "fp32") else ""
@@ -41,7 +41,7 @@ def search_lines(budget: dict, *, candidate: Callable[[dict], str] = lambda row:
     return lines + _above_window(budget) + _measured_busy(budget.get("chosen", {}))
 
 
-def _busy_text(row: dict, lead: str) -> str:
+def busy_text(row: dict, lead: str) -> str:
     """`lead` + 'other processes took 41 % of the cores' for a reading taken on a busy machine (Timing.busy)."""
     contention = row.get("contention")
     if contention is None or contention < BUSY:
@@ -52,7 +52,7 @@ def _busy_text(row: dict, lead: str) -> str:
 def _measured_busy(chosen: dict) -> list[str]:
     """A line where the accepted figures were measured on a busy machine (after measuring longer, where the
     measurer could)."""
-    said = _busy_text(chosen, "")
+    said = busy_text(chosen, "")
     if not said:
         return []
     return [f"  measured on a busy machine: {said} while the accepted figures were measured; they may be off: run "

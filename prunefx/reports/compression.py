@@ -13,6 +13,7 @@ import torch
 from prunefx.graph import Program
 from prunefx.graph.counted import counted
 from prunefx.reports.budget import budget_markdown, budget_stats
+from prunefx.reports.budget_text import busy_text
 from prunefx.reports.parity_text import parity_words
 from prunefx.reports.per_class import per_class_markdown
 from prunefx.reports.stage import stages_markdown
@@ -151,6 +152,10 @@ def console_summary(report: dict) -> str:
                        for i, (cell, width) in enumerate(zip(row, widths))).rstrip() for row in rows]
     lines.append(f"speed-up {_how_measured(report['latency'])}, {report['latency']['runs']} "
                  f"runs each; parity torch vs ONNX Runtime: {parity_words(report['parity'], digits=1)}")
+    busy = busy_text(report["latency"], "")
+    if busy:
+        lines.append(f"note: {busy} while the speed-up was measured: it may be off; run `prunefx bench` on the two "
+                     f"files with nothing else running")
     return "\n".join(lines)
 
 

@@ -55,6 +55,7 @@ class Backend(Facts):
     # the ONNX lowering of a quantized Program it reads (runtime/onnx/quantized.py; None: this CPU's ONNX Runtime one)
     int8_lowering: str | None = None
     gpu_timed: bool = False       # its runners time themselves with CUDA events (return milliseconds)
+    times_on_cpu: bool = False    # it times on this machine's cores, which other processes can take (machine_load.py)
     # why a budget's INT8 candidates cannot be measured like for like here (None: they can)
     int8_refusal: str | None = None
     max_batch: int | None = None  # None: any batch the Program can be cut to

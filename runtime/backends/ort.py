@@ -24,6 +24,7 @@ from prunefx.runtime.tensorrt.layer_profile import LayerProfile
 class OnnxRuntimeBackend(OnnxRuntimeFacts, Backend):
     needs = "nothing beyond prunefx (onnxruntime is a dependency); runs on this CPU"
     options = frozenset({"threads", "spinning", "flush_denormals", "rounds"})
+    times_on_cpu = True
     float32_only = True
 
     def precision_refusal(self, precision, allowed):

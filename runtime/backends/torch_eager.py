@@ -13,6 +13,7 @@ class TorchEagerBackend(TorchEagerFacts, Backend):
     needs = "nothing beyond prunefx; runs on this CPU"
     reads = "program"
     options = frozenset({"threads"})
+    times_on_cpu = True
     float32_only = True
 
     def precision_refusal(self, precision, allowed):

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from prunefx.graph.progress import bar_or_lines
 from prunefx.runtime.errors import MeasurementError
+from prunefx.runtime.measure.machine_load import LoadMeter
 from prunefx.runtime.measure.ratio_interval import CONFIDENCE, looks_confidence, ratio_interval
 from prunefx.runtime.measure.timing_loop import alternate, time_call, warm
 
@@ -70,7 +71,9 @@ class LatencyStats:
 @dataclass(frozen=True)
 class LatencyComparison:
     """Two alternately measured callables; `speedup` = a.median / b.median (how much faster b is), and its
-    interval `speedup_low`..`speedup_high` at `confidence` (None when not computed; ratio_interval)."""
+    interval `speedup_low`..`speedup_high` at `confidence` (None when not computed; ratio_interval). `contention`:
+    the share of the cores other processes took while a CPU comparison ran (machine_load.py; None: not known,
+    or timed on a GPU)."""
 
     a: LatencyStats
     b: LatencyStats
@@ -80,6 +83,7 @@ class LatencyComparison:
     confidence: float | None = None
     rounds: int = 1  # fresh pairs of callables the runs were spread over (compare_rounds)
     processes: bool = False  # whether each round ran in a fresh process
+    contention: float | None = None
 
     @property
     def method(self) -> str:
@@ -95,6 +99,12 @@ class LatencyComparison:
         """The speed-up's interval as a report states it, with how it was drawn."""
         return {"low": self.speedup_low, "high": self.speedup_high, "confidence": self.confidence,
                 "method": self.method}
+
+    def reported(self) -> dict:
+        """What a command's report.json `latency` states beside both medians: the interval (None where there is none:
+        trtexec times one model after the other), the rounds, and the share of the cores others took meanwhile."""
+        return {"interval": self.interval() if self.speedup_low is not None else None, "rounds": self.rounds,
+                "contention": self.contention}
 
 
 def measure_latency(fn: Callable[[], object], *, warmup: int = 10, runs: int = 50,
@@ -118,9 +128,10 @@ def compare_latency(fn_a: Callable[[], object], fn_b: Callable[[], object], *, w
     (`seconds`: or until that long has passed, after at least one pair of blocks; timing_loop.alternate_all)."""
     _check_counts(warmup, runs)
     _check_blocks(block, settle)
-    with _bar(progress, "latency a/b", total=runs) as bar, _timed(fn_a, fn_b) as (call_a, call_b):
+    with _bar(progress, "latency a/b", total=runs) as bar, _timed(fn_a, fn_b) as (call_a, call_b), LoadMeter() as meter:
         blocks_a, blocks_b = alternate(call_a, call_b, warmup, runs, block, settle, clock, bar, seconds)
-    return comparison_of_blocks(blocks_a, blocks_b, [0] * len(blocks_a), _threads_of(fn_a, threads), _threads_of(fn_b, threads))
+    return dataclasses.replace(comparison_of_blocks(blocks_a, blocks_b, [0] * len(blocks_a), _threads_of(fn_a, threads),
+                                                    _threads_of(fn_b, threads)), contention=meter.share)
 
 
 def compare_rounds(make_a: Callable[[], Callable[[], object]], make_b: Callable[[], Callable[[], object]], *,
@@ -150,7 +161,7 @@ def compare_rounds(make_a: Callable[[], Callable[[], object]], make_b: Callable[
         raise MeasurementError(f"rounds must be from 1 to runs ({runs}), got rounds={rounds}")
     blocks_a, blocks_b, round_of, threads_a, threads_b = [], [], [], threads, threads
     early, confidence = looks_confidence(rounds if until is not None else 1)
-    with _bar(progress, "latency a/b", total=runs) as bar:
+    with _bar(progress, "latency a/b", total=runs) as bar, LoadMeter() as meter:
         for index in range(rounds):
             share = runs // rounds + (index < runs % rounds)
             task = (make_a, make_b, warmup, share, block, settle, clock, threads)
@@ -164,7 +175,7 @@ def compare_rounds(make_a: Callable[[], Callable[[], object]], make_b: Callable[
                 confidence = early
                 break
     return dataclasses.replace(comparison_of_blocks(blocks_a, blocks_b, round_of, threads_a, threads_b, confidence),
-                               processes=processes)
+                               processes=processes, contention=meter.share)
 
 
 def _stops(until: Callable[[float, float], bool], interval: tuple[float, float] | tuple[None, None]) -> bool:

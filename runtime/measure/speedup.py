@@ -10,7 +10,6 @@ alternately in this process, so machine noise hits both alike; the speed-up is t
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,7 +17,6 @@ from pathlib import Path
 from prunefx.graph import Program
 from prunefx.graph.timing import Timing
 from prunefx.runtime.measure.latency import LatencyComparison, LatencyStats, compare_latency, compare_rounds
-from prunefx.runtime.measure.machine_load import LoadMeter
 from prunefx.runtime.measure.measured_files import ExportCache
 from prunefx.runtime.measure.width_multiple import onnxruntime_multiple
 from prunefx.runtime.model_precision import require_float32
@@ -208,9 +206,9 @@ def timing_of(comparison: LatencyComparison) -> Timing:
     """Both medians, the after side's spread and the speed-up interval, where the comparison has one."""
     dense_ms, ms, spread = medians_and_spread(comparison.a, comparison.b)
     if comparison.speedup_low is None:
-        return Timing(dense_ms, ms, spread)
+        return Timing(dense_ms, ms, spread, contention=comparison.contention)
     return Timing(dense_ms, ms, spread, comparison.speedup_low, comparison.speedup_high, comparison.confidence,
-                  comparison.method)
+                  comparison.method, comparison.contention)
 
 
 def cached_pair(sources, timed: Callable[..., Timing], *, stops_early: bool = False) -> Callable[..., Timing]:
@@ -218,8 +216,8 @@ def cached_pair(sources, timed: Callable[..., Timing], *, stops_early: bool = Fa
     whose last item identifies what is timed (the file's sha256, say), and a pair measured before is
     answered from the cache. `stops_early`: `timed` also takes `against` (compare_rounds' `until`), part of
     the key, since a measurement stopped early for one budget is not the whole one another needs.
-    Each Timing carries the share of the cores other processes took while it was timed (machine_load.py); one
-    taken on a busy machine (Timing.busy) is not cached: asked again, the pair is timed again."""
+    A Timing taken on a busy machine (Timing.busy: a CPU comparison's `contention`) is not cached: asked again,
+    the pair is timed again."""
     cache: dict[tuple, Timing] = {}
     key_of = getattr(sources, "key", None)  # where the key is cheap to know, a cached pair prepares nothing
 
@@ -235,9 +233,7 @@ def cached_pair(sources, timed: Callable[..., Timing], *, stops_early: bool = Fa
         key = (a[-1], b[-1], *extra)
         if key in cache:
             return cache[key]
-        with LoadMeter() as meter:
-            timing = timed(a, b, against) if stops_early else timed(a, b)
-        timing = dataclasses.replace(Timing.of(timing), contention=meter.share)
+        timing = Timing.of(timed(a, b, against) if stops_early else timed(a, b))
         if not timing.busy:
             cache[key] = timing
         return timing

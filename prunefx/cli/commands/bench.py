@@ -74,7 +74,8 @@ def run(args) -> int:
             report.setdefault("batch", int(models[0].inputs[0].shape[0]))
         with LoadMeter() as meter:
             report.update(backend.bench(models, settings))
-    _note_contention(report, meter.share)
+    if backend.times_on_cpu:  # a GPU's timing does not wait on the cores
+        _note_contention(report, meter.share)
     if args.vs:
         report["vs"] = args.vs
     # a speed-up over a zero median is infinite: null, never the `Infinity` strict JSON readers refuse
@@ -84,7 +85,7 @@ def run(args) -> int:
 
 def _note_contention(report: dict, share: float | None) -> None:
     """The share of the cores other processes took while the models were timed (None: not known), and a note
-    where it was a busy share (graph/timing.py's BUSY): those figures are slower than the machine's own."""
+    where it was a busy share (graph/timing.py's BUSY): those figures may be slower than the machine's own."""
     report["contention"] = share
     if share is not None and share >= BUSY:
         report.setdefault("notes", []).append(

@@ -187,7 +187,7 @@ def _deliver(folder: Path, dense, compressed, args) -> tuple[dict, Latency]:
                                    Settings(runs=args.runs, warmup=20, threads=args.threads, rounds=ROUNDS))
     return delivered, Latency("onnxruntime", args.threads, args.runs, comparison.a.median_ms,
                               comparison.b.median_ms, comparison.speedup,
-                              extra={"interval": comparison.interval(), "rounds": comparison.rounds})
+                              extra=comparison.reported())
 
 
 def _top1(logits: torch.Tensor, labels: torch.Tensor) -> int:

@@ -142,7 +142,7 @@ def _latency(dense, quantized, quantized_file: Path, args) -> Latency | LatencyS
         comparison = onnx_side_by_side([(dense_file, dense.example_inputs), (quantized_file, quantized.example_inputs)],
                                        Settings(runs=args.runs, threads=args.threads))
     return Latency("onnxruntime", args.threads, args.runs, comparison.a.median_ms, comparison.b.median_ms,
-                   comparison.speedup, extra={"interval": comparison.interval(), "rounds": comparison.rounds})
+                   comparison.speedup, extra=comparison.reported())
 
 
 def _summary(report: dict, output: Path) -> None:
