@@ -112,8 +112,9 @@ def main() -> None:
                 f"- ResNet-18 (random weights) against its l2 prune to half the MACs, ONNX Runtime at {args.threads} "
                 f"threads, prunefx's budget measurer: a search reading (one process) and a confirmation (4 fresh "
                 f"processes); {args.repeats} of each per condition, conditions alternating.\n\n{table}\n")
-    write_results("busy_machine", {"machine": info, "command": command_line(), "readings": readings, "results": rows},
-                  markdown)
+    conditions = {condition: competitors(condition) for condition in [*CONDITIONS, "every core"]}
+    write_results("busy_machine", {"machine": info, "command": command_line(), "competitors": conditions,
+                                   "readings": readings, "results": rows}, markdown)
     print(table)
 
 
