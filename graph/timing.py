@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 CONFIDENCE = 0.90  # two-sided: the lower bound is exceeded with 95 % probability
 # A reading during which other processes took this share of its cores or more was taken on a busy machine. Low,
-# because the share is an average: a competitor spinning in bursts took 0.14-0.19 of two cores and still spoilt a
-# reading whose bursts fell on one side's blocks; a quiet machine reads 0.01 or less (benchmarks/busy_machine.py)
+# because the share is an average: a competitor spinning in bursts took 0.15-0.17 of two cores and still moved
+# readings by up to 7 %; a quiet machine reads 0.01 or less (benchmarks/busy_machine.py)
 BUSY = 0.1
 
 
