@@ -124,7 +124,7 @@ def test_compare_latency_speedup_with_a_fake_clock():
     assert comparison.b.median_ms == pytest.approx(3.0)
     assert comparison.speedup == pytest.approx(3.0)
     assert set(comparison.to_dict()) == {"a", "b", "speedup", "speedup_low", "speedup_high", "confidence", "rounds",
-                                            "processes"}
+                                            "processes", "contention"}
     # one block of 10 runs a side: no spread to judge, so no interval (not the point posing as one)
     assert comparison.speedup_low is None and comparison.speedup_high is None and comparison.confidence is None
     clock = FakeClock()
