@@ -1,6 +1,7 @@
 """The search behind prune_to_budget (passes/prune_to_budget.py, whose docstring describes it): candidates cut
-from the dense model at one kept fraction after another, each measured beside the dense model, bracketed
-and accepted by the rule every budget search shares (passes/budget/search.py)."""
+from the dense model at one kept fraction after another, each measured beside the dense model, aimed along the
+speed-up curve their readings draw (passes/budget/speedup_curve.py), bracketed, and accepted by the rule every
+budget search shares (passes/budget/search.py)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from prunefx.passes.budget.search import (
     noise_text,
     speedup_text,
 )
+from prunefx.passes.budget.speedup_curve import DENSE, at_odds, held, log_fraction_at
 from prunefx.passes.core.pipeline import run_inner
 from prunefx.passes.core.result import Result
 from prunefx.passes.removal.channels_removed import ChannelsRemoved
@@ -32,8 +34,6 @@ if TYPE_CHECKING:
 
 SMALLEST_FRACTION = 0.02  # no search goes below 2 % of the MACs: past that, the budget is out of reach
 BRACKET_MARGIN = 0.1  # inside a bracket, the next fraction stays this share of its width (in log) from either end
-STEP = (1.02, 2.5)  # outside a bracket, one step changes the fraction by at least / at most these factors
-ELASTICITY = (-3.0, -0.2)  # d log speed-up / d log fraction, as the search may read it from two candidates
 CLEARLY_FAST = 1.2  # a first reading this far above the window is not confirmed (a confirmation: 4x a reading)
 
 
@@ -171,12 +171,12 @@ class WidthSearch:
         return not self.meets(candidate) and candidate.result.facts_as(ChannelsRemoved).target["at_floor"]
 
     def disagreeing(self, candidate: WidthCandidate) -> list[WidthCandidate]:
-        """The earlier candidates whose readings cannot stand beside `candidate`'s (_at_odds): one of the two is noise
+        """The earlier candidates whose readings cannot stand beside `candidate`'s (speedup_curve.at_odds): one of the two is noise
         (docs/algorithms.md, 'prune_to_budget'), so the search confirms `candidate` where it disagrees with any, even
         far above the window (a SqueezeNet reading of 3.85x at 0.66 of the MACs beside 1.78x at 0.62, 1.46x once
         confirmed, sent the search to 0.85), then measures again each one it still disagrees with."""
         return [other for other in self.trace if other is not candidate and other.same_as is None
-                and _at_odds(other, candidate)]
+                and at_odds(other, candidate)]
 
     def measuring_again(self, candidate: WidthCandidate) -> Steps:
         """A reading at odds with a fresher one measured again: confirmed if it was not, else measured longer (once,
@@ -243,16 +243,16 @@ class WidthSearch:
         aim = math.log(self._wanted_speedup(anchor) * math.sqrt(margin * (1 + self.settings.tolerance)))
         # nothing missed yet: the dense model does, at 1.0x by definition, so the search brackets against it (a line
         # from two noisy readings of the wrong slope stepped to the dense model and measured it)
-        missed = bad if bad is not None or good is None or self._wanted_speedup(good) <= 1 else _DENSE
+        missed = bad if bad is not None or good is None or self._wanted_speedup(good) <= 1 else DENSE
         if good is not None and missed is not None:
             low, high = sorted((math.log(good.fraction), math.log(missed.fraction)))  # met: the smaller fraction
             margin = BRACKET_MARGIN * (high - low)
-            fraction = math.exp(min(max(_log_fraction_at(aim, missed, good), low + margin), high - margin))
+            fraction = math.exp(min(max(log_fraction_at(aim, missed, good), low + margin), high - margin))
         else:
             side = [c for c in self.trace if self.meets(c) == self.meets(anchor)]
             nearest = sorted(side, key=lambda c: abs(math.log(c.fraction / anchor.fraction)))[:2]
-            step = _log_fraction_at(aim, nearest[0], nearest[-1])  # one candidate: the slope -1 line through it
-            fraction = min(math.exp(math.log(anchor.fraction) + _held(step - math.log(anchor.fraction))), 1.0)
+            step = log_fraction_at(aim, nearest[0], nearest[-1])  # one candidate: the slope -1 line through it
+            fraction = min(math.exp(math.log(anchor.fraction) + held(step - math.log(anchor.fraction))), 1.0)
         tried = [c.fraction for c in self.trace]
         if fraction < SMALLEST_FRACTION or any(abs(fraction - t) <= 0.005 for t in tried):
             return None
@@ -287,42 +287,3 @@ class WidthSearch:
 
 def _shapes(program: Program) -> list[tuple[int, ...]]:
     return [tuple(tensor.shape) for tensor in program.module.state_dict().values()]
-
-
-@dataclass(frozen=True)
-class _Point:
-    """A point on the speed-up curve known without measuring it."""
-    fraction: float
-    speedup: float
-
-
-_DENSE = _Point(1.0, 1.0)
-
-
-def _held(log_step: float) -> float:
-    """A step in log fraction held within STEP: an extrapolation from noisy figures is trusted only so far,
-    and a step too small to change the widths would measure the same model again."""
-    size = min(max(abs(log_step), math.log(STEP[0])), math.log(STEP[1]))
-    return math.copysign(size, log_step)
-
-
-def _at_odds(a: WidthCandidate, b: WidthCandidate) -> bool:
-    """Readings that cannot both be right: the more pruned read slower, or the speed-up moving more steeply with the
-    fraction than ELASTICITY allows (a Swin-T search on a machine busy for a while read 0.96x at 0.27 of the MACs
-    beside 2.86x at 0.24: believed, it accepted 2.75x for a 1.5x budget)."""
-    run = math.log(a.fraction / b.fraction)
-    if run == 0:
-        return False
-    slope = math.log(max(a.speedup, 1e-6) / max(b.speedup, 1e-6)) / run
-    return slope > 0 or slope < ELASTICITY[0]
-
-
-def _log_fraction_at(aim: float, a: WidthCandidate | _Point, b: WidthCandidate | _Point) -> float:
-    """log fraction where the line through a and b in (log fraction, log speed-up) reaches `aim`; the slope
-    is held to ELASTICITY, since two noisy measurements close together can suggest any slope, even a wrong sign.
-    Given one candidate twice, the slope is -1: latency proportional to the MACs."""
-    run = math.log(a.fraction) - math.log(b.fraction)
-    rise = math.log(max(a.speedup, 1e-6)) - math.log(max(b.speedup, 1e-6))
-    slope = rise / run if run else -1.0
-    slope = min(max(slope, ELASTICITY[0]), ELASTICITY[1])
-    return math.log(a.fraction) + (aim - math.log(max(a.speedup, 1e-6))) / slope
