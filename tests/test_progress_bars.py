@@ -20,6 +20,7 @@ from prunefx.graph import capture
 from prunefx.graph import progress as graph_progress
 from prunefx.graph.channels.timed_layers import timed_layers
 from prunefx.graph.progress import shown
+from prunefx.graph.timing import Timing
 from prunefx.passes import remove_channels, sparsify_nm
 from prunefx.passes.budget.measurement import Ask, drive
 from prunefx.runtime.tables.table import build_latency_table
@@ -107,7 +108,8 @@ def test_a_budget_search_counts_its_measurements_and_shows_the_last(driver, monk
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     dense = candidate = _program()
-    readings = {"search": (3.0, 2.0, 0.01), "confirm": (3.0, 1.5, 0.01)}  # dense ms, candidate ms, spread
+    # dense ms, candidate ms, spread; the search's readings taken while other processes took 40 % of the cores
+    readings = {"search": Timing(3.0, 2.0, 0.01, contention=0.4), "confirm": (3.0, 1.5, 0.01)}
 
     class Measurer:
         round_to = None
@@ -127,7 +129,7 @@ def test_a_budget_search_counts_its_measurements_and_shows_the_last(driver, monk
     assert driver(Measurer(), steps()) == "chosen"
     draws = _bar_draws(terminal.getvalue(), "budget search")
     assert "budget search (measurements: 3) [" in draws[-1] and "last: 2.00x, a confirmation]" in draws[-1]
-    assert any("last: 1.50x, a search reading" in draw for draw in draws)
+    assert any("last: 1.50x, a search reading, other processes took 40 % of the cores" in draw for draw in draws)
 
 
 @pytest.mark.parametrize("stderr, progress, drawn", [

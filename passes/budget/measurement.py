@@ -175,5 +175,7 @@ class Asked:
         no such measurement."""
         self._reply = None if measured is None else Timing.of(measured)
         if self._reply is not None and self._bar is not None:
-            self._bar.set_postfix_str(f"last: {self._reply.speedup:.2f}x, {_READINGS[self._how]}", refresh=False)
+            busy = f", other processes took {self._reply.contention:.0%} of the cores" if self._reply.busy else ""
+            self._bar.set_postfix_str(f"last: {self._reply.speedup:.2f}x, {_READINGS[self._how]}{busy}".replace("%", " %"),
+                                      refresh=False)
             self._bar.update()
