@@ -43,6 +43,7 @@ import torch.utils._pytree as pytree
 from prunefx.graph.whole_files import write_whole
 from prunefx.reports.budget_text import interval_text
 from prunefx.runtime.measure.latency import LatencyComparison, pooled_rounds, timing_round
+from prunefx.runtime.measure.machine_load import look, others_share
 
 Key = TypeVar("Key", bound=Hashable)
 
@@ -145,10 +146,15 @@ def code_version() -> str | None:
     return described.stdout.strip() or None
 
 
+_STARTED = look()  # the cores' clocks when the benchmark began (provenance's others_share)
+
+
 def provenance() -> dict:
     """What every results file records, whatever else its script writes: the command that ran (from the
-    repository root), when, from which code, on which CPU (model and instruction-set flags)."""
-    return {"command": command_line(),
+    repository root), when, from which code, on which CPU (model and instruction-set flags), and the share of the
+    cores other processes took while it ran (runtime/measure/machine_load.py; None where not known): a figure
+    measured beside other work is suspect, whatever the load average said at the start."""
+    return {"command": command_line(), "others_share": others_share(_STARTED, look()),
             "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
             "code_version": code_version(), "cpu": cpu_model(),
             "cpu_flags": sorted(set(_cpuinfo().get("flags", "").split())), "logical_cpus": os.cpu_count(),

@@ -32,6 +32,9 @@ from pathlib import Path
 import published
 from build_stamp import StampMismatch, check_stamp, write_stamp
 
+from prunefx.graph.timing import BUSY
+from prunefx.runtime.measure.machine_load import LoadMeter
+
 BENCHMARKS = Path(__file__).resolve().parent
 REPO = BENCHMARKS.parent
 HELPERS = {"common.py", "published.py", "build_stamp.py"}
@@ -89,9 +92,18 @@ def run(label: str, argv: list[str]) -> str:
     print(f"=== {label}: {shlex.join(argv)}", flush=True)
     start = time.perf_counter()
     environment = {**os.environ, "PRUNEFX_BENCH_BUILD": str(FRESH_BUILD)}
-    code = subprocess.run([sys.executable, *argv], cwd=REPO, env=environment).returncode
+    with LoadMeter() as meter:  # the run is a child waited for: its own work is not counted as others'
+        code = subprocess.run([sys.executable, *argv], cwd=REPO, env=environment).returncode
     seconds = time.perf_counter() - start
-    return f"{'ok' if code == 0 else 'FAILED':<7} {label:<42} {seconds:7.0f} s" + (f"  (exit status {code})" if code else "")
+    return (f"{'ok' if code == 0 else 'FAILED':<7} {label:<42} {seconds:7.0f} s" + (f"  (exit status {code})" if code else "")
+            + busy_note(meter.share))
+
+
+def busy_note(share: float | None) -> str:
+    """'  (busy: other processes took 23 % of the cores)' for a run beside other work (graph/timing.py's BUSY)."""
+    if share is None or share < BUSY:
+        return ""
+    return f"  (busy: other processes took {share:.0%} of the cores)".replace("%", " %")
 
 
 def main(argv=None) -> int:

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -125,3 +126,14 @@ def test_bench_reports_the_share_and_notes_a_busy_one(tmp_path, capsys, monkeypa
     assert len(busy_notes) == (share >= BUSY)
     assert main(["bench", str(path), "--runs", "3", "--warmup", "1"]) == 0
     assert ("note: other processes took 40 % of the cores" in capsys.readouterr().out) == (share >= BUSY)
+
+
+@pytest.mark.skipif(not machine_load.PROC_STAT.exists(), reason="needs Linux's /proc/stat")
+def test_a_benchmark_run_says_what_share_of_the_cores_other_work_took(load_script, monkeypatch):
+    """run_all's summary line marks a run beside other work; every results file records the share over its run."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))  # their helpers
+    run_all = load_script("benchmarks/run_all.py")
+    assert run_all.busy_note(0.23) == "  (busy: other processes took 23 % of the cores)"
+    assert run_all.busy_note(0.05) == "" and run_all.busy_note(None) == ""
+    share = load_script("benchmarks/common.py").provenance()["others_share"]
+    assert share is None or 0.0 <= share <= 1.0  # None: its module was loaded less than SHORTEST_SECONDS ago
