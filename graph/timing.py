@@ -14,6 +14,12 @@ CONFIDENCE = 0.90  # two-sided: the lower bound is exceeded with 95 % probabilit
 BUSY = 0.1
 
 
+def confidence_text(confidence: float) -> str:
+    """'90 %', or '99.7 %' where whole per cents would round a confidence below 1 up to '100 %' (an early look's)."""
+    whole = f"{confidence:.0%}"
+    return (f"{confidence:.1%}" if whole == "100%" and confidence < 1 else whole).replace("%", " %")
+
+
 @dataclass(frozen=True)
 class Timing:
     """Both medians, the candidate's spread (p90/median - 1), and the bounds of the speed-up interval at

@@ -17,7 +17,7 @@ from prunefx.graph.counting import count
 from prunefx.graph.depth.affine_chains import find_chains
 from prunefx.graph.depth.linearization import strip_finished_blends
 from prunefx.graph.errors import PrunefxError
-from prunefx.graph.timing import Timing
+from prunefx.graph.timing import Timing, confidence_text
 from prunefx.passes.core.contract import graph_pass
 from prunefx.passes.core.registry import shipped_pass
 from prunefx.passes.core.result import Result
@@ -130,4 +130,4 @@ def _reading(timing: Timing) -> str:
     """`1.012x`, with its interval where the measurement gave one."""
     if timing.method == "point":
         return f"{timing.speedup:.3f}x"
-    return f"{timing.speedup:.3f}x ({timing.confidence:.0%} interval {timing.low:.3f}-{timing.high:.3f})"
+    return f"{timing.speedup:.3f}x ({confidence_text(timing.confidence)} interval {timing.low:.3f}-{timing.high:.3f})"

@@ -18,6 +18,7 @@ import pytest
 
 from prunefx.passes.budget.measurement import LongerMeasurer, Measurer, Timing, as_measurer
 from prunefx.passes.budget.search import Acceptance, Measured, meets, speedup_text
+from prunefx.reports.budget_text import interval_text
 from prunefx.runtime.backends import width_multiple as backend_multiple
 from prunefx.runtime.errors import MeasurementError
 from prunefx.runtime.measure.latency import compare_latency, compare_rounds
@@ -210,6 +211,10 @@ def test_a_confirmed_candidate_meets_on_its_lower_bound_not_its_point():
     assert not meets(measured, speedup=None, latency_ms=1.05)  # 2.1 / 1.95 = 1.077 ms at the bound
     assert meets(measured, speedup=None, latency_ms=1.08)
     assert speedup_text(measured) == "2.10x (90 % interval 1.95-2.25)"
+    # an early look's 99.67 % does not read "100 %", which no interval is
+    late = Measured(Timing(2.1, 1.0, 0.01, 1.95, 2.25, 0.9967, "t over 8 fresh processes"), Timing(2.0, 1.0, 0.01))
+    assert speedup_text(late) == "2.10x (99.7 % interval 1.95-2.25)"
+    assert interval_text(late.to_dict()["interval"]) == " 99.7 % interval 1.95-2.25"
     row = measured.to_dict()
     assert row["interval"] == {"low": 1.95, "high": 2.25, "confidence": 0.9, "method": "block bootstrap"}
     assert Measured.from_dict(row) == measured  # the report hands it on unchanged

@@ -433,4 +433,4 @@ def test_a_merge_read_faster_once_is_kept_only_if_the_longer_confirmation_says_s
         assert _layer_count(result.program) == 1
     else:
         assert not result.modified and _layer_count(result.program) == 2
-        assert "measured speed-up 0.990x (90% interval 0.970-1.010) is not above 1.0x" in result.stats["skipped"][0]["reason"]
+        assert "measured speed-up 0.990x (90 % interval 0.970-1.010) is not above 1.0x" in result.stats["skipped"][0]["reason"]

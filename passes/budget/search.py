@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from prunefx.graph import Program
 from prunefx.graph.errors import PrunefxError
+from prunefx.graph.timing import confidence_text
 from prunefx.passes.budget.measurement import Ask, Steps, Timing, drive
 
 # The lowest point an accepted candidate may read, in units of S: a point just above S reads below S in another
@@ -250,8 +251,7 @@ def speedup_text(measured: Measured) -> str:
     """'2.10x (90 % interval 2.04-2.16)' once confirmed with an interval, else '2.10x'."""
     if measured.low is None or measured.method == "point":
         return f"{measured.speedup:.2f}x"
-    return (f"{measured.speedup:.2f}x ({measured.confidence:.0%} interval {measured.low:.2f}-{measured.high:.2f})"
-            .replace("%", " %", 1))
+    return f"{measured.speedup:.2f}x ({confidence_text(measured.confidence)} interval {measured.low:.2f}-{measured.high:.2f})"
 
 
 def noise_text(measured: Measured, wanted: float) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prunefx.graph.timing import BUSY
+from prunefx.graph.timing import BUSY, confidence_text
 from prunefx.runtime import backends
 
 
@@ -73,4 +73,4 @@ def interval_text(interval: dict | None, lead: str = " ") -> str:
     """' 90 % interval 1.95-2.25' for a confirmation's interval (report.json's), '' for none or a point."""
     if not interval or interval.get("method") == "point":
         return ""
-    return f"{lead}{interval['confidence']:.0%} interval {interval['low']:.2f}-{interval['high']:.2f}".replace("%", " %")
+    return f"{lead}{confidence_text(interval['confidence'])} interval {interval['low']:.2f}-{interval['high']:.2f}"
