@@ -111,6 +111,8 @@ RUNS = (
     Run("obs_host_reads", "obs_host_reads", minutes=1),
     # a real speed-up reading beside a competing process, and the share of the cores the load meter reads
     Run("busy_machine", "busy_machine", ("--repeats", "3"), minutes=8),
+    # real budget searches beside a competitor that runs for a while, the load said and unsaid, checked quietly
+    Run("busy_budget", "busy_budget", ("--trials", "4"), minutes=10),
     Run("gelu_opset", "gelu_opset", minutes=4, guessed=True),
     Run("latency_choice_speed", "latency_choice_speed", minutes=4),
     Run("data_loading", "data_loading", minutes=2),
