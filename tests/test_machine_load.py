@@ -1,7 +1,8 @@
-"""The share of the measuring cores other processes took during a reading (runtime/measure/machine_load.py), what
-a CPU comparison carries (latency.compare_latency, compare_rounds), how a budget's pair treats a busy one
-(speedup.cached_pair), and what `prunefx bench` says of it. Oracles: /proc/stat texts and clocks whose
-shares are worked out by hand, and processes this test starts that spin on every core."""
+"""The share of the measuring cores other processes took during a reading (runtime/measure/machine_load.py; a
+container's CPU quota where one binds, cpu_quota.py), what a CPU comparison carries (latency.compare_latency,
+compare_rounds), how a budget's pair treats a busy one (speedup.cached_pair), and what `prunefx bench` says of it.
+Oracles: /proc/stat and cgroup texts and clocks whose shares are worked out by hand, and processes this test starts
+that spin on every core."""
 
 import importlib
 import json
@@ -20,6 +21,7 @@ from prunefx.graph import capture
 from prunefx.graph.timing import BUSY
 from prunefx.runtime import export_onnx
 from prunefx.runtime.measure import latency, machine_load, speedup
+from prunefx.runtime.measure.cpu_quota import quota_usage
 from prunefx.runtime.measure.machine_load import CpuClock, LoadMeter, busy_seconds, others_share
 
 #        user nice system idle iowait irq softirq steal guest guest_nice
@@ -137,3 +139,36 @@ def test_a_benchmark_run_says_what_share_of_the_cores_other_work_took(load_scrip
     assert run_all.busy_note(0.05) == "" and run_all.busy_note(None) == ""
     share = load_script("benchmarks/common.py").provenance()["others_share"]
     assert share is None or 0.0 <= share <= 1.0  # None: its module was loaded less than SHORTEST_SECONDS ago
+
+
+def cgroup(tmp_path, files: dict[str, str]) -> Path:
+    """A cgroup folder tree written from `files` (relative path -> text), and /proc/self/cgroup's stand-in."""
+    root = tmp_path / "cgroup"
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    (tmp_path / "own").write_text("0::/\n")
+    return root
+
+
+def test_a_cpu_quota_is_read_from_cgroup_v2_and_v1(tmp_path):
+    v2 = cgroup(tmp_path / "v2", {"cpu.max": "150000 100000\n", "cpu.stat": "usage_usec 5000000\nuser_usec 4000000\n"})
+    assert quota_usage(v2, tmp_path / "v2" / "own") == (5.0, 1.5)
+    unlimited = cgroup(tmp_path / "max", {"cpu.max": "max 100000\n", "cpu.stat": "usage_usec 5000000\n"})
+    assert quota_usage(unlimited, tmp_path / "max" / "own") is None
+    v1 = cgroup(tmp_path / "v1", {"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n",
+                                  "cpuacct/cpuacct.usage": "2500000000\n"})
+    assert quota_usage(v1, tmp_path / "v1" / "own") == (2.5, 1.0)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")  # no quota
+    assert quota_usage(v1, tmp_path / "v1" / "own") is None
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="needs the cores this process may run on")
+def test_a_quota_below_the_cores_this_process_may_run_on_is_what_the_share_is_of(tmp_path, monkeypatch):
+    """On a host whose cores carry other tenants' work, a container's quota is what its measurements share."""
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  1 0 1 1\n" + "".join(f"cpu{core} 100 0 0 100\n" for core in os.sched_getaffinity(0)))
+    monkeypatch.setattr(machine_load, "quota_usage", lambda root: (7.0, 0.5))
+    assert (machine_load.look(stat).busy, machine_load.look(stat).cores) == (7.0, 0.5)
+    monkeypatch.setattr(machine_load, "quota_usage", lambda root: (7.0, 512.0))  # more than this process's cores
+    assert machine_load.look(stat).cores == len(os.sched_getaffinity(0))

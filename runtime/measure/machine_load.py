@@ -4,16 +4,21 @@ A timing beside a busy process reads slow, and readings spoilt alike agree with 
 consistency rule between them can see (docs/latency-budgets.md, 'A busy machine'). So every reading carries
 the share of its cores' time that went elsewhere: the cores' busy time from /proc/stat (the cores this
 process may run on; time the hypervisor stole counts as taken), less this process's own CPU time and that of
-the children it waited for (a confirmation's rounds run in fresh processes). Where /proc/stat cannot be read
-(not Linux), the share is None: not known, never 0.
+the children it waited for (a confirmation's rounds run in fresh processes). In a container whose CPU quota is
+smaller than those cores, the cgroup's CPU time over the quota's cores instead (cpu_quota.py: the host's other
+tenants are not seen there, the container's other processes are). Where neither can be read (not Linux), the share
+is None: not known, never 0.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from prunefx.runtime.measure.cpu_quota import CGROUP_ROOT, quota_usage
 
 PROC_STAT = Path("/proc/stat")
 SHORTEST_SECONDS = 0.1  # /proc/stat counts in ticks (10 ms): a shorter reading's share would be mostly rounding
@@ -29,7 +34,7 @@ class CpuClock:
     busy: float
     own: float
     wall: float
-    cores: int
+    cores: float  # a quota's cores may be a fraction
 
 
 def busy_seconds(stat: str, cores: set[int], tick: float) -> tuple[float, int]:
@@ -50,13 +55,19 @@ def own_seconds() -> float:
     return times.user + times.system + times.children_user + times.children_system
 
 
-def look(stat_path: Path = PROC_STAT) -> CpuClock | None:
-    """The clocks now; None where /proc/stat cannot be read or lists no core."""
+def look(stat_path: Path = PROC_STAT, cgroup_root: Path = CGROUP_ROOT) -> CpuClock | None:
+    """The clocks now: the cgroup's over its quota where one binds (see the module docstring), else /proc/stat's;
+    None where neither can be read or /proc/stat lists no core."""
+    affinity = _affinity()
+    quota = quota_usage(cgroup_root)
+    if quota is not None and 0 < quota[1] < (len(affinity) or math.inf):
+        used, cores = quota
+        return CpuClock(used, own_seconds(), time.perf_counter(), cores)
     try:
         stat = stat_path.read_text()
     except OSError:
         return None
-    busy, cores = busy_seconds(stat, _affinity(), 1.0 / os.sysconf("SC_CLK_TCK"))
+    busy, cores = busy_seconds(stat, affinity, 1.0 / os.sysconf("SC_CLK_TCK"))
     return CpuClock(busy, own_seconds(), time.perf_counter(), cores) if cores else None
 
 
@@ -73,16 +84,16 @@ def others_share(before: CpuClock | None, after: CpuClock | None) -> float | Non
 class LoadMeter:
     """`with LoadMeter() as meter: ...`, then `meter.share`: others_share over the block."""
 
-    def __init__(self, stat_path: Path = PROC_STAT):
-        self.stat_path, self.share = stat_path, None
+    def __init__(self, stat_path: Path = PROC_STAT, cgroup_root: Path = CGROUP_ROOT):
+        self.stat_path, self.cgroup_root, self.share = stat_path, cgroup_root, None
         self._before: CpuClock | None = None
 
     def __enter__(self) -> LoadMeter:
-        self._before = look(self.stat_path)
+        self._before = look(self.stat_path, self.cgroup_root)
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self.share = others_share(self._before, look(self.stat_path))
+        self.share = others_share(self._before, look(self.stat_path, self.cgroup_root))
 
 
 def _affinity() -> set[int]:
