@@ -32,7 +32,7 @@ from pathlib import Path
 import published
 from build_stamp import StampMismatch, check_stamp, write_stamp
 
-from prunefx.graph.timing import BUSY
+from prunefx.graph.timing import busy_share, share_text
 from prunefx.runtime.measure.machine_load import LoadMeter
 
 BENCHMARKS = Path(__file__).resolve().parent
@@ -100,10 +100,8 @@ def run(label: str, argv: list[str]) -> str:
 
 
 def busy_note(share: float | None) -> str:
-    """'  (busy: other processes took 23 % of the cores)' for a run beside other work (graph/timing.py's BUSY)."""
-    if share is None or share < BUSY:
-        return ""
-    return f"  (busy: other processes took {share:.0%} of the cores)".replace("%", " %")
+    """'  (busy: other processes took 23 % of the cores)' for a run beside other work (graph/timing.py's busy_share)."""
+    return f"  (busy: {share_text(share)})" if busy_share(share) else ""
 
 
 def main(argv=None) -> int:

@@ -14,6 +14,16 @@ CONFIDENCE = 0.90  # two-sided: the lower bound is exceeded with 95 % probabilit
 BUSY = 0.1
 
 
+def busy_share(share: float | None) -> bool:
+    """Whether other processes took BUSY of the cores or more (a Timing's `contention`); a share not known is not."""
+    return share is not None and share >= BUSY
+
+
+def share_text(share: float) -> str:
+    """'other processes took 41 % of the cores', as every line that names a busy share says it."""
+    return f"other processes took {share:.0%} of the cores".replace("%", " %")
+
+
 def confidence_text(confidence: float) -> str:
     """'90 %', or '99.7 %' where whole per cents would round a confidence below 1 up to '100 %' (an early look's)."""
     whole = f"{confidence:.0%}"
@@ -49,7 +59,7 @@ class Timing:
     @property
     def busy(self) -> bool:
         """Measured while other processes took BUSY of its cores or more: its figures may be off, alike."""
-        return self.contention is not None and self.contention >= BUSY
+        return busy_share(self.contention)
 
     def __iter__(self) -> Iterator[float]:
         return iter((self.dense_ms, self.ms, self.spread))

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from prunefx.graph import Program
 from prunefx.graph.channels.saliency import hessians_shared
 from prunefx.graph.progress import progress_bar
-from prunefx.graph.timing import CONFIDENCE, Timing
+from prunefx.graph.timing import CONFIDENCE, Timing, share_text
 
 __all__ = ["CONFIDENCE", "Ask", "Asked", "LongerMeasurer", "Measurer", "Steps", "Timing", "answerer", "as_measurer",
            "drive", "int8_refusal_of", "round_to_of"]
@@ -175,7 +175,6 @@ class Asked:
         no such measurement."""
         self._reply = None if measured is None else Timing.of(measured)
         if self._reply is not None and self._bar is not None:
-            busy = f", other processes took {self._reply.contention:.0%} of the cores" if self._reply.busy else ""
-            self._bar.set_postfix_str(f"last: {self._reply.speedup:.2f}x, {_READINGS[self._how]}{busy}".replace("%", " %"),
-                                      refresh=False)
+            busy = f", {share_text(self._reply.contention)}" if self._reply.busy else ""
+            self._bar.set_postfix_str(f"last: {self._reply.speedup:.2f}x, {_READINGS[self._how]}{busy}", refresh=False)
             self._bar.update()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prunefx.graph.timing import BUSY, confidence_text
+from prunefx.graph.timing import busy_share, confidence_text, share_text
 from prunefx.runtime import backends
 
 
@@ -44,9 +44,7 @@ def search_lines(budget: dict, *, candidate: Callable[[dict], str] = lambda row:
 def busy_text(row: dict, lead: str) -> str:
     """`lead` + 'other processes took 41 % of the cores' for a reading taken on a busy machine (Timing.busy)."""
     contention = row.get("contention")
-    if contention is None or contention < BUSY:
-        return ""
-    return f"{lead}other processes took {contention:.0%} of the cores".replace("%", " %")
+    return f"{lead}{share_text(contention)}" if busy_share(contention) else ""
 
 
 def _measured_busy(chosen: dict) -> list[str]:

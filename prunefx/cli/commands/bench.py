@@ -31,7 +31,7 @@ from prunefx.bench_models import (
     input_text,
 )
 from prunefx.graph.errors import PrunefxError
-from prunefx.graph.timing import BUSY
+from prunefx.graph.timing import busy_share, share_text
 from prunefx.reports.budget_text import interval_text
 from prunefx.reports.compression import json_safe
 from prunefx.runtime.measure.machine_load import LoadMeter
@@ -85,12 +85,12 @@ def run(args) -> int:
 
 def _note_contention(report: dict, share: float | None) -> None:
     """The share of the cores other processes took while the models were timed (None: not known), and a note
-    where it was a busy share (graph/timing.py's BUSY): those figures may be slower than the machine's own."""
+    where it was a busy share (graph/timing.py's busy_share): those figures may be slower than the machine's own."""
     report["contention"] = share
-    if share is not None and share >= BUSY:
+    if busy_share(share):
         report.setdefault("notes", []).append(
-            f"other processes took {share:.0%} of the cores while this was measured: the figures may be slower than "
-            f"this machine's own; run it again with nothing else running".replace("%", " %"))
+            f"{share_text(share)} while this was measured: the figures may be slower than this machine's own; run it "
+            f"again with nothing else running")
 
 
 def _inputs_text(model) -> str:
