@@ -239,6 +239,9 @@ def test_the_widths_a_plan_is_priced_at_are_those_of_the_pruned_graph(model):
     program.recompile()
     pruned = {layer.name: (layer.in_channels, layer.out_channels) for layer in timed_layers(program.module)}
     assert pruned == dict(zip([layer.name for layer in selector.latency.layers], predicted))
+    norms = {layer.name: layer.in_channels for layer in selector.latency.layers if layer.kind == "layer_norm"}
+    assert bool(norms) == (model == "prunefx:vit_tiny_fmnist")  # the ViT's layer norms are priced too,
+    assert all(pruned[name][0] < dense for name, dense in norms.items())  # narrowed with its residual stream
     assert plan.table_ms["planned"] == sum(i * o for i, o in pruned.values()) < plan.table_ms["dense"]
     counted = {node.name: node_macs(node) for node in program.module.graph.nodes if node.name in pruned}
     priced = {layer.name: selector.latency.macs_at(index, *predicted[index])

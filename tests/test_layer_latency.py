@@ -223,6 +223,8 @@ def test_the_layers_of_a_program_with_their_geometry(tmp_path):
     TimedLayer("p", "attention_products", (2, 3, 5, 8), 8, False, score_terms=2),
     TimedLayer("r", "attention", (2, 3, 5, 8), 8, False, score_terms=1, keys=2),  # k and v over fewer tokens
     TimedLayer("s", "attention_products", (2, 3, 5, 8), 8, False, keys=3),
+    TimedLayer("n", "layer_norm", (2, 5, 12), 12, True),
+    TimedLayer("o", "layer_norm", (2, 3, 3, 12), 12, False),  # ConvNeXt's, over the channels of N x H x W x C
 ])
 def test_the_one_layer_models_compute_the_layer(layer):
     """The ONNX model and the torch module both compute what torch's own functional layer computes (an attention:
@@ -240,6 +242,9 @@ def test_the_one_layer_models_compute_the_layer(layer):
         expected = torch.softmax(x @ kv.transpose(-1, -2) / layer.out_channels ** 0.5 + terms, dim=-1) @ kv
     elif layer.kind == "linear":
         expected = F.linear(x, w, b)
+    elif layer.kind == "layer_norm":
+        mean, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
+        expected = (x - mean) / torch.sqrt(var + 1e-5) * w + (b if b is not None else 0.0)
     else:
         top, left, bottom, right = layer.padding
         expected = F.conv2d(F.pad(x, (left, right, top, bottom)), w, b, layer.stride, 0, layer.dilation, layer.groups)
@@ -571,6 +576,40 @@ def test_a_linear_layer_s_4d_input_is_timed_contiguous_with_the_same_rows():
     assert probe.is_contiguous() and probe.shape == (2, 49, 96)
     assert F.linear(probe, torch.zeros(384, 96, dtype=torch.float16)).numel() == 2 * 7 * 7 * 384
     assert probe_shape(CONV) == CONV.input_shape  # a convolution's input stays 4-D (and channels_last)
+    assert probe_shape(TimedLayer("norm", "layer_norm", (2, 7, 7, 96), 96, True)) == (2, 49, 96)  # the norm before it
+
+
+class Stream(torch.nn.Module):
+    """A transformer's residual stream in ConvNeXt's layout, N x H x W x C: a layer norm over C, an MLP, the
+    residual add; then a layer norm without a shift."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm, self.fc1, self.fc2 = torch.nn.LayerNorm(32), torch.nn.Linear(32, 64), torch.nn.Linear(64, 32)
+        self.last = torch.nn.LayerNorm(32, bias=False)
+
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        return self.last(x + self.fc2(F.gelu(self.fc1(self.norm(x)))))
+
+
+def test_layer_norms_are_timed_on_one_axis_of_their_channels(tmp_path):
+    """A layer norm over the last dim is a layer of one width (its output's is its input's), timed on the grid of
+    its channels; the oracle is the fake timer's formula at in = out."""
+    program = capture(Stream().eval(), torch.randn(2, 32, 3, 3))
+    norm, fc1, fc2, last = timed_layers(program.module)
+    assert (norm.kind, norm.input_shape, norm.out_channels, norm.bias, norm.tied) == ("layer_norm", (2, 3, 3, 32), 32,
+                                                                                     True, True)
+    assert (last.kind, last.bias, fc1.kind, fc1.epilogue) == ("layer_norm", False, "linear", ("gelu",))
+    assert norm.resized(16, 999) == replace(norm, input_shape=(2, 3, 3, 16), out_channels=16)
+    timer = FakeTimer()
+    table = program_latency_table(program, timer, multiple=8, batch=1, cache_dir=tmp_path)
+    grid = table.grids[norm.name]
+    assert grid.tied and grid.in_widths == (8, 16, 24, 32) and grid.out_widths == (32,)
+    assert table(norm, 16, 16) == pytest.approx(_ms(16, 16)) and table(norm, 20, 20) == pytest.approx(_ms(20, 20))
+    assert {geometry for geometry in timer.timed if geometry.startswith("layer_norm")} == {
+        f"layer_norm in=[1, 3, 3, {w}] out={w} bias={b} k=[] s=[] p=[] d=[] g=1" for w in (8, 16, 24, 32)
+        for b in (0, 1)}
 
 
 class Attention(torch.nn.Module):

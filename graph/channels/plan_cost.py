@@ -48,10 +48,14 @@ class CostModel:
         self._classes = np.concatenate(spans) if spans else np.zeros(0, dtype=np.int64)
 
     def dim_classes(self, node, axis: int) -> np.ndarray | None:
-        """The class of every index of dim `axis` of `node` (a node a cost reads), None where it is unlabelled."""
+        """The class of every index of dim `axis` of `node`, None where it is unlabelled (read from the analysis
+        for a node no cost reads: a layer norm's input, which a latency table prices)."""
         where = self._dims.get(node) if isinstance(node, torch.fx.Node) else None
         if where is None:
-            return None
+            labels = self.analysis.node_labels.get(node) if isinstance(node, torch.fx.Node) else None
+            if not isinstance(labels, list) or not all(isinstance(dim, np.ndarray) for dim in labels):
+                return None
+            return self.analysis.classes[labels[axis]].ravel()
         dim = where[0] + axis % where[1]
         return self._classes[self._bounds[dim]: self._bounds[dim + 1]]
 

@@ -1,12 +1,13 @@
 """The time of a channel-removal plan, predicted from a per-layer latency table without touching the graph.
 
 The caller hands in the table: a callable `(layer, in_channels, out_channels) -> ms` that gives the time of
-one timed layer (a 2-D convolution, a linear layer or a self-attention, described by `TimedLayer`) at those
+one timed layer (a 2-D convolution, a linear layer, a self-attention or a layer norm: `TimedLayer`) at those
 widths; the runtime measures one (runtime/tables/table.py), a test writes one by hand. A plan's time is the
 sum over the timed layers of their time at the widths the plan leaves them: the surviving widths of the
 layer's input and weight (an attention's heads and head dims), the same ones the MACs prediction reads
-(plan_cost.py). Other operators (norms, pooling, adds, layout changes) are not in the sum: the table prices
-what channel removal changes most, and a whole-model measurement is what confirms a speed-up.
+(plan_cost.py); a layer norm's width is that of the dim it normalises. Other operators (pooling, adds, layout
+changes, and what the runtime fuses into a layer) are not in the sum: the table prices what channel removal
+changes most, and a whole-model measurement is what confirms a speed-up.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def width_dims(node: torch.fx.Node, layer: TimedLayer, attention: TimedAttention
     width)."""
     if attention is not None:
         return [(attention.q, 1)], [(attention.q, -1), (attention.v, -1)]
+    if layer.kind == "layer_norm":  # one width, the normalised dim's
+        return [(node.args[0], -1)], [(node.args[0], -1)]
     return [(node.args[0], 1 if layer.kind == "conv2d" else -1)], [(node.args[1], 0)]
 
 

@@ -1,6 +1,8 @@
-"""The layers a latency table times, found in a captured graph: 2-D convolutions, linear layers and attention
-(timed_attention.py), each a `TimedLayer`, its kind and geometry at its dense widths, with what runs on its output
-alone (its epilogue: an inference batch norm, an activation), which a runtime runs with it. A backend builds a
+"""The layers a latency table times, found in a captured graph: 2-D convolutions, linear layers, attention
+(timed_attention.py) and layer norms, each a `TimedLayer`, its kind and geometry at its dense widths, with what runs
+on its output alone (its epilogue: an inference batch norm, an activation), which a runtime runs with it. A layer
+norm computes no MACs but reads and writes its whole input, a transformer's residual stream: a tenth of a
+ConvNeXt's or a ViT's time on ONNX Runtime's CPU provider, which narrowing the stream saves. A backend builds a
 one-layer model from a TimedLayer alone (runtime/tables/timers.py); plan_latency.py prices plans from their times.
 """
 
@@ -16,7 +18,9 @@ from prunefx.graph.counting import _shape
 
 aten = torch.ops.aten
 _CONV2D = {aten.conv2d.default, aten.conv2d.padding, aten.convolution.default}
+_LAYER_NORMS = {aten.layer_norm.default, aten.native_layer_norm.default}
 ATTENTION_KINDS = ("attention", "attention_products")  # fused (scaled_dot_product_attention), spelled out
+_LAST_AXIS = ("linear", "layer_norm")  # kinds whose channels are their input's last dim
 
 @dataclass(frozen=True)
 class TimedLayer:
@@ -26,9 +30,10 @@ class TimedLayer:
     ("attention") or spelled out as products ("attention_products"; timed_attention.py)."""
 
     name: str                        # the graph node
-    kind: str                        # "conv2d", "linear", or one of ATTENTION_KINDS
-    input_shape: tuple[int, ...]     # [N, C, H, W] for conv2d, [..., C] for linear, q's [N, heads, tokens, dim]
-    out_channels: int                # an attention's head dim
+    kind: str                        # "conv2d", "linear", "layer_norm", or one of ATTENTION_KINDS
+    input_shape: tuple[int, ...]     # [N, C, H, W] for conv2d, [..., C] for linear and layer_norm, q's [N, heads,
+    #                                  tokens, dim] for attention
+    out_channels: int                # an attention's head dim; a layer norm's channels
     bias: bool
     kernel: tuple[int, ...] = ()
     stride: tuple[int, ...] = ()
@@ -42,18 +47,25 @@ class TimedLayer:
 
     @property
     def in_channels(self) -> int:
-        return self.input_shape[-1] if self.kind == "linear" else self.input_shape[1]  # an attention's heads
+        return self.input_shape[-1] if self.kind in _LAST_AXIS else self.input_shape[1]  # an attention's heads
+
+    @property
+    def tied(self) -> bool:
+        """Whether its output width follows its input width (a depthwise convolution, a layer norm): one axis."""
+        return self.kind == "layer_norm" or (self.groups > 1 and self.groups == self.in_channels)
 
     def resized(self, in_channels: int, out_channels: int) -> TimedLayer:
         """This layer with other widths: a depthwise convolution stays depthwise (its group count follows its
-        channels, as the removal rewrites it); other grouped convolutions keep their group count."""
+        channels, as the removal rewrites it); other grouped convolutions keep their group count; a layer norm has
+        one width, `in_channels`."""
         shape = list(self.input_shape)
-        shape[-1 if self.kind == "linear" else 1] = in_channels
+        shape[-1 if self.kind in _LAST_AXIS else 1] = in_channels
+        if self.kind == "layer_norm":
+            return replace(self, input_shape=tuple(shape), out_channels=in_channels)
         if self.kind in ATTENTION_KINDS:
             shape[-1] = out_channels
-        depthwise = self.groups > 1 and self.groups == self.in_channels
         return replace(self, input_shape=tuple(shape), out_channels=out_channels,
-                       groups=in_channels if depthwise else self.groups)
+                       groups=in_channels if self.tied else self.groups)
 
     def with_batch(self, batch: int) -> TimedLayer:
         """This layer in the model run at `batch`: its first dim scaled with the model's, since a layer can see
@@ -71,9 +83,9 @@ class TimedLayer:
 
 
 def timed_layers(module: torch.fx.GraphModule) -> list[TimedLayer]:
-    """Every 2-D convolution, linear layer and self-attention (timed_attention.py) of the graph whose shapes the
-    metadata records, at its dense widths. Transposed, 1-D and 3-D convolutions and other products of
-    activations are not timed."""
+    """Every 2-D convolution, linear layer, self-attention (timed_attention.py) and layer norm over the last dim of
+    the graph whose shapes the metadata records, at its dense widths. Transposed, 1-D and 3-D convolutions, other
+    products of activations and other operators without weights (adds, layout changes) are not timed."""
     layers, batch = [], _model_batch(module)
     for node in module.graph.nodes:
         if node.op != "call_function":
@@ -82,6 +94,8 @@ def timed_layers(module: torch.fx.GraphModule) -> list[TimedLayer]:
             layer = _convolution(node)
         elif node.target is aten.linear.default:
             layer = _linear(node)
+        elif node.target in _LAYER_NORMS:
+            layer = _layer_norm(node)
         elif (attention := timed_attention(node)) is not None:
             keys = attention.keys if attention.keys != attention.shape[2] else 0
             layer = TimedLayer(node.name, "attention" if attention.fused else "attention_products", attention.shape,
@@ -89,7 +103,7 @@ def timed_layers(module: torch.fx.GraphModule) -> list[TimedLayer]:
         else:
             continue
         if layer is not None:
-            found = epilogue(node, norm=layer.kind == "conv2d") if layer.kind not in ATTENTION_KINDS else ()
+            found = epilogue(node, norm=layer.kind == "conv2d") if layer.kind in ("conv2d", "linear") else ()
             layers.append(replace(layer, epilogue=found, batch=batch))
     return layers
 
@@ -177,3 +191,12 @@ def _linear(node: torch.fx.Node) -> TimedLayer | None:
     if source is None or weight is None or len(weight) != 2:
         return None
     return TimedLayer(node.name, "linear", source, int(weight[0]), _argument(node, 2, "bias", None) is not None)
+
+
+def _layer_norm(node: torch.fx.Node) -> TimedLayer | None:
+    """A layer norm over its input's last dim (the form every vision transformer's and ConvNeXt's takes), timed
+    with a scale and, where it has one, a shift."""
+    source = _shape(node.args[0])
+    if source is None or len(source) < 2 or len(list(node.args[1])) != 1 or int(node.args[1][0]) != source[-1]:
+        return None
+    return TimedLayer(node.name, "layer_norm", source, int(source[-1]), _argument(node, 3, "bias", None) is not None)

@@ -55,7 +55,7 @@ def summary_lines(report: dict, output: Path, batch: int = 1) -> list[str]:
 
 def _table_line(table_ms: dict | None) -> list[str]:
     """What the latency table predicted for the widths chosen by it (--choose-by latency at a MACs target), beside
-    the widths the target gives without it: the time of the timed layers (convolutions, linear layers, attention)."""
+    the widths the target gives without it: the time of the timed layers (convolutions, linear layers, attention, layer norms)."""
     if not table_ms or "without_table" not in table_ms:
         return []
     dense, planned, without = table_ms["dense"], table_ms["planned"], table_ms["without_table"]

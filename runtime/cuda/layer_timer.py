@@ -66,12 +66,12 @@ class CudaLayerTimer:
 
 
 def probe_shape(layer: TimedLayer) -> tuple[int, ...]:
-    """The shape of the input a layer is timed on. A linear layer's 4-D input (ConvNeXt's N x H x W x C) as
-    N x HW x C: the same rows for F.linear, and left contiguous as in the model (the permuted output of a
+    """The shape of the input a layer is timed on. A linear layer's or layer norm's 4-D input (ConvNeXt's
+    N x H x W x C) as N x HW x C: the same rows, and left contiguous as in the model (the permuted output of a
     channels_last convolution), where the device would make a 4-D input channels_last and the probe would
     time a copy of it too; an attention's q likewise, 3-D (fused attention kernels read a contiguous head dim)."""
     shape = tuple(layer.input_shape)
-    if layer.kind == "linear" and len(shape) == 4:
+    if layer.kind in ("linear", "layer_norm") and len(shape) == 4:
         return (shape[0], shape[1] * shape[2], shape[3])
     if layer.kind in ATTENTION_KINDS:  # N*heads x tokens x dim, seen 4-D by the attention as a view
         return (shape[0] * shape[1], shape[2], shape[3])

@@ -23,6 +23,8 @@ def _weights(layer: TimedLayer) -> tuple[np.ndarray, np.ndarray | None]:
     rng = np.random.default_rng(0)
     if layer.kind == "conv2d":
         shape: tuple[int, ...] = (layer.out_channels, layer.in_channels // layer.groups, *layer.kernel)
+    elif layer.kind == "layer_norm":  # its scale
+        shape = (layer.in_channels,)
     else:
         shape = (layer.out_channels, layer.in_channels)
     weight = (0.05 * rng.standard_normal(shape)).astype(np.float32)
@@ -147,6 +149,13 @@ def _onnx_linear(layer: TimedLayer, result: str) -> tuple[list, list]:
     return nodes, initializers
 
 
+def _onnx_layer_norm(layer: TimedLayer, result: str) -> tuple[list, list]:
+    weight, bias = _weights(layer)
+    initializers = [numpy_helper.from_array(weight, "w")] + ([numpy_helper.from_array(bias, "b")] if layer.bias else [])
+    return [helper.make_node("LayerNormalization", ["x", "w", *(["b"] if layer.bias else [])], [result], axis=-1,
+                             epsilon=NORM_EPS)], initializers
+
+
 def layer_model(layer: TimedLayer, *, lead_in: bool = False) -> onnx.ModelProto:
     """A one-layer ONNX model computing `layer`, and its epilogue, on an input `x` of its input shape. `lead_in`:
     a convolution reads its input from a depthwise 1x1 convolution of weight one (the same values), as it reads
@@ -157,6 +166,8 @@ def layer_model(layer: TimedLayer, *, lead_in: bool = False) -> onnx.ModelProto:
         nodes, initializers = _onnx_attention(layer, result)
     elif layer.kind == "conv2d":
         nodes, initializers = _onnx_convolution(layer, result, lead_in)
+    elif layer.kind == "layer_norm":
+        nodes, initializers = _onnx_layer_norm(layer, result)
     else:
         nodes, initializers = _onnx_linear(layer, result)
     tail, extra = _onnx_epilogue(layer, result)
@@ -173,8 +184,8 @@ _TORCH_ACTIVATIONS = {"relu": F.relu, "relu6": F.relu6, "silu": F.silu, "gelu": 
 
 
 class LayerModule(torch.nn.Module):
-    """The layer as a module: a convolution (with its own asymmetric padding), a linear layer or an attention on
-    its input as q, k and v, then its epilogue (an inference batch norm, an activation)."""
+    """The layer as a module: a convolution (with its own asymmetric padding), a linear layer, a layer norm or an
+    attention on its input as q, k and v, then its epilogue (an inference batch norm, an activation)."""
 
     def __init__(self, layer: TimedLayer):
         super().__init__()
@@ -207,6 +218,8 @@ class LayerModule(torch.nn.Module):
         layer = self.layer
         if layer.kind == "linear":
             return F.linear(x, self.weight, self.bias)
+        if layer.kind == "layer_norm":
+            return F.layer_norm(x, (layer.in_channels,), self.weight, self.bias, NORM_EPS)
         if layer.kind in ATTENTION_KINDS:  # a view of an input laid out flat (runtime/cuda/layer_timer.probe_shape)
             return self._attention(x.reshape(layer.input_shape))
         top, left, bottom, right = layer.padding

@@ -1,4 +1,4 @@
-"""A per-layer latency table: each timed layer of a Program (2-D convolutions, linear layers, attention; see
+"""A per-layer latency table: each timed layer of a Program (2-D convolutions, linear layers, attention, layer norms; see
 graph/channels/timed_layers.py) timed on a backend at the widths pruning can give it, cached on disk per
 device, and handed to channel selection as remove_channels' `latency_table` (its `layer_time` target).
 
@@ -57,11 +57,11 @@ class LayerGrid:
     in_widths: tuple[int, ...]
     out_widths: tuple[int, ...]
     ms: tuple[tuple[float, ...], ...]
-    tied: bool = False  # a depthwise layer: its output width follows its input's, one row of one column each
+    tied: bool = False  # a depthwise layer, a layer norm: its output width follows its input's, one row each
     geometry: str = ""  # the dense layer's as timed (TimedLayer.geometry): what a layer read from the grid must match
 
     def at(self, in_width: int, out_width: int) -> float:
-        if self.tied:  # the removal keeps a depthwise layer's widths together: its input width says it all
+        if self.tied:  # the removal keeps a tied layer's widths together: its input width says it all
             i0, i1, s, scale = _bracket(self.in_widths, in_width)
             return ((1 - s) * self.ms[i0][0] + s * self.ms[i1][0]) * scale
         (i0, i1, s, scale_in), (j0, j1, t, scale_out) = _bracket(self.in_widths, in_width), _bracket(
@@ -170,7 +170,7 @@ def build_latency_table(layers: Sequence[TimedLayer], timer: LayerTimer, *, mult
 def _grid(dense: TimedLayer, timer: LayerTimer, cache: LatencyCache, multiple: int, max_ratio: float,
           points: int) -> tuple[LayerGrid, int, int]:
     """`dense` timed on its grid of widths, the cache read first: the grid, the entries timed and those read."""
-    tied = dense.groups > 1 and dense.groups == dense.in_channels
+    tied = dense.tied
     # a grouped convolution runs only at widths its groups divide; a depthwise one has one axis
     step = math.lcm(multiple, dense.groups) if dense.groups > 1 and not tied else multiple
     ins = grid_widths(dense.in_channels, 1 if dense.kind in ATTENTION_KINDS else step, max_ratio, points)  # heads
