@@ -5,8 +5,8 @@ ONNX Runtime's width multiple on this CPU, runtime/measure/width_multiple.py):
 - macs: remove_channels to a fraction of the MACs (importance thresholded across groups);
 - latency: remove_channels to a fraction of the time of a per-layer latency table of the dense model
   (`layer_time` with `latency_table`), channels going by importance lost per millisecond saved. The table
-  times every convolution, linear layer and self-attention alone, at batch 1, with ONNX Runtime at --threads threads
-  (runtime/tables/table.py); it is cached per CPU model under --cache-dir.
+  times every convolution, linear layer, self-attention and layer norm alone, at batch 1, with ONNX Runtime at
+  --threads threads, each entry the median of three sweeps over the table (runtime/tables/table.py); it is cached per CPU model under --cache-dir.
 
 Part 1, accuracy at the same measured speed-up (Fashion-MNIST, the dense baselines that
 benchmarks/fashion_mnist_accuracy.py trains and caches; trained here first when missing): for each
@@ -242,7 +242,7 @@ def markdown(report: dict) -> str:
         lines.append(markdown_table(["model", "choice", "MACs kept", "dense ms", "pruned ms", "speed-up",
                                      "table: dense ms", "table: pruned ms", "table: speed-up"], rows))
         lines.append("\nThe table's columns: the sum of its times of the model's timed layers (convolutions, linear "
-                     "layers, self-attention) at their widths, and the speed-up that sum predicts.\n")
+                     "layers, self-attention, layer norms) at their widths, and the speed-up that sum predicts.\n")
         lines += ["Where the two choices' widths differ most (channel groups by their first member: dense width, "
                   "MACs choice, latency choice):\n", *_widest_differences(report["equal_macs"])]
     return "\n".join(lines)

@@ -30,8 +30,11 @@ TARGETS = (("layer_time", 0.45), ("layer_time", 0.7), ("macs", 0.5))  # of the d
 
 
 def stair_table(layer, in_channels: int, out_channels: int) -> float:
-    """ms of one layer at these widths: 0.002 + ceil(in / 8) * ceil(out / 32) * kernel area * positions / groups."""
+    """ms of one layer at these widths: 0.002 + ceil(in / 8) * ceil(out / 32) * kernel area * positions / groups; a
+    layer norm (one width): 0.002 + ceil(in / 8) * positions."""
     positions = math.prod(layer.input_shape[2:] if layer.kind == "conv2d" else layer.input_shape[:-1])
+    if layer.kind == "layer_norm":
+        return 0.002 + math.ceil(in_channels / 8) * positions * 1e-7
     return 0.002 + (math.ceil(in_channels / 8) * math.ceil(out_channels / 32) * math.prod(layer.kernel)
                     * positions / max(layer.groups, 1) * 1e-7)
 

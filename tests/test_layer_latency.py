@@ -214,6 +214,38 @@ def test_the_layers_of_a_program_with_their_geometry(tmp_path):
     assert timer.timed and all(" in=[1, " in geometry for geometry in timer.timed)  # timed at batch 1
 
 
+class SweepingTimer(FakeTimer):
+    """FakeTimer's times over three sweeps, each entry's first reading ten times slower (a busy stretch), its last
+    ten times faster: only the median of the three is the formula's."""
+
+    sweeps = 3
+
+    def __call__(self, layer):
+        ms = super().__call__(layer)
+        return ms * {1: 10.0, 2: 1.0, 3: 0.1}[self.timed.count(layer.geometry())]
+
+
+def test_a_timer_with_sweeps_times_the_whole_table_again_and_keeps_each_entry_s_median(tmp_path):
+    """The oracle: FakeTimer's formula; every entry timed once a sweep, one sweep over the whole table after the
+    other."""
+    program = capture(Block(), torch.randn(2, 3, 16, 16))
+    timer = SweepingTimer()
+    table = program_latency_table(program, timer, multiple=8, batch=1, cache_dir=tmp_path)
+    entries = list(dict.fromkeys(timer.timed))
+    assert timer.timed == entries * 3 and table.measured == len(entries)
+    for layer in timed_layers(program.module):
+        grid = table.grids[layer.name]
+        for i, in_width in enumerate(grid.in_widths):
+            for j, out_width in enumerate(grid.out_widths):
+                out_width = in_width * layer.out_channels // layer.in_channels if grid.tied else out_width
+                assert grid.ms[i][j] == pytest.approx(_ms(in_width, out_width))
+    again = SweepingTimer()
+    assert program_latency_table(program, again, multiple=8, batch=1, cache_dir=tmp_path).measured == 0
+    assert not again.timed
+    assert "median of 3 sweeps" in OnnxRuntimeLayerTimer().settings  # never read as a table of single readings
+    assert "sweeps" not in OnnxRuntimeLayerTimer(sweeps=1).settings
+
+
 @pytest.mark.parametrize("layer", [
     TimedLayer("c", "conv2d", (1, 8, 9, 9), 6, True, (3, 3), (2, 2), (0, 1, 2, 1), (1, 1), 2),
     TimedLayer("d", "conv2d", (2, 8, 7, 7), 8, False, (3, 3), (1, 1), (1, 1, 1, 1), (2, 2), 8),

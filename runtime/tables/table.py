@@ -13,10 +13,11 @@ import bisect
 import functools
 import logging
 import math
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from prunefx.graph import Program
 from prunefx.graph.channels.timed_layers import ATTENTION_KINDS, TimedLayer, timed_layers
@@ -30,7 +31,8 @@ log = logging.getLogger(__name__)
 
 @runtime_checkable
 class LayerTimer(Protocol):
-    """Times one layer (at the widths it carries) on a backend, in ms; says what its times depend on."""
+    """Times one layer (at the widths it carries) on a backend, in ms; says what its times depend on. A timer may
+    also have `sweeps`, how many times a table times each entry (build_latency_table; 1 where it has none)."""
 
     backend: str    # "ort", "torch", "cuda", ...
     device: str     # the device's identity: a CPU model string, a GPU's name
@@ -140,58 +142,88 @@ class LatencyTable:
 
 def build_latency_table(layers: Sequence[TimedLayer], timer: LayerTimer, *, multiple: int, max_ratio: float = 0.8,
                         points: int = 4, batch: int | None = None, cache_dir=None) -> LatencyTable:
-    """Time every layer on its grid of widths with `timer`, reading and filling the cache for its identity."""
+    """Time every layer on its grid of widths with `timer`, reading and filling the cache for its identity. A
+    timer with `sweeps` > 1 times every entry the cache lacks that many times, one sweep over the whole table after
+    another, and keeps each entry's median: a stretch of a busy or throttled machine then spoils one sweep's
+    readings, not an entry."""
     _check(multiple, max_ratio, points, batch)
     started = time.perf_counter()
     identity = {"backend": timer.backend, "device": timer.device, "precision": timer.precision,
                 "settings": timer.settings}
     cache = LatencyCache(identity, cache_dir)
-    grids, measured, cached = {}, 0, 0
-    with progress_bar("timing layers", len(layers), unit="layer", progress=None) as bar:
-        for layer in layers:
-            dense = layer.with_batch(batch) if batch is not None else layer
-            grids[layer.name], timed, read = _grid(dense, timer, cache, multiple, max_ratio, points)
-            measured, cached = measured + timed, cached + read
-            bar.update()
+    planned = {layer.name: _planned(layer.with_batch(batch) if batch is not None else layer, multiple, max_ratio,
+                                    points) for layer in layers}
+    known: dict[str, float] = {}  # geometry -> ms, read from the cache
+    missing: dict[str, list[TimedLayer]] = {}  # layer name -> the entries it is the first to need
+    needed: set[str] = set()
+    for name, grid in planned.items():
+        for entry in (entry for row in grid.rows for entry in row):
+            geometry = entry.geometry()
+            if geometry in known or geometry in needed:
+                continue
+            ms = cache.get(geometry)
+            if ms is not None:
+                known[geometry] = ms
+            else:
+                needed.add(geometry)
+                missing.setdefault(name, []).append(entry)
+    timed = _swept(timer, [layer.name for layer in layers], missing, getattr(timer, "sweeps", 1))
+    for geometry, ms in timed.items():
+        cache.put(geometry, ms)
+    known.update(timed)
+    entries = sum(len(row) for grid in planned.values() for row in grid.rows)
+    measured, cached = len(timed), entries - len(timed)
     if measured:
         try:
             cache.save()
         except (OSError, PrunefxError) as error:  # only a cache: the table just timed is still good
             log.warning("latency table: could not save the cache %s (%s); the next table times its layers again",
                         cache.path, error)
+    tables = {name: LayerGrid(grid.ins, grid.outs, tuple(tuple(known[entry.geometry()] for entry in row)
+                                                         for row in grid.rows), grid.tied, grid.geometry)
+              for name, grid in planned.items()}
     seconds = time.perf_counter() - started
-    log.info("latency table: %d layers, %d entries timed, %d from %s, %.1f s", len(grids), measured, cached,
+    log.info("latency table: %d layers, %d entries timed, %d from %s, %.1f s", len(tables), measured, cached,
              cache.path, seconds)
     again = functools.partial(build_latency_table, timer=timer, multiple=multiple, max_ratio=max_ratio, points=points,
                               batch=batch, cache_dir=cache_dir)
-    return LatencyTable(grids, identity, measured=measured, cached=cached, seconds=seconds, batch=batch, build=again)
+    return LatencyTable(tables, identity, measured=measured, cached=cached, seconds=seconds, batch=batch, build=again)
 
 
-def _grid(dense: TimedLayer, timer: LayerTimer, cache: LatencyCache, multiple: int, max_ratio: float,
-          points: int) -> tuple[LayerGrid, int, int]:
-    """`dense` timed on its grid of widths, the cache read first: the grid, the entries timed and those read."""
+def _swept(timer: LayerTimer, names: list[str], missing: dict[str, list[TimedLayer]], sweeps: int) -> dict[str, float]:
+    """The median of `sweeps` times of every entry in `missing` (by the layer that times it first), each sweep
+    over every layer in the order `names`; the progress bar counts layers, once a sweep."""
+    samples: dict[str, list[float]] = {}
+    with progress_bar("timing layers", sweeps * len(names), unit="layer", progress=None) as bar:
+        for _ in range(sweeps):
+            for name in names:
+                for entry in missing.get(name, ()):
+                    samples.setdefault(entry.geometry(), []).append(_timed(timer, entry))
+                bar.update()
+    return {geometry: statistics.median(values) for geometry, values in samples.items()}
+
+
+class _Planned(NamedTuple):
+    """A layer's grid before it is timed: its input and output widths, whether tied, the layer at each pair of
+    widths (rows by input width) and its dense geometry."""
+
+    ins: tuple[int, ...]
+    outs: tuple[int, ...]
+    tied: bool
+    rows: list[list[TimedLayer]]
+    geometry: str
+
+
+def _planned(dense: TimedLayer, multiple: int, max_ratio: float, points: int) -> _Planned:
     tied = dense.tied
     # a grouped convolution runs only at widths its groups divide; a depthwise one has one axis
     step = math.lcm(multiple, dense.groups) if dense.groups > 1 and not tied else multiple
     ins = grid_widths(dense.in_channels, 1 if dense.kind in ATTENTION_KINDS else step, max_ratio, points)  # heads
     outs = (dense.out_channels,) if tied else grid_widths(dense.out_channels, step, max_ratio, points)
-    rows, measured, cached = [], 0, 0
-    for in_width in ins:
-        row = []
-        for out_width in outs:
-            if tied:  # the channel multiplier stays as it was
-                out_width = in_width * dense.out_channels // dense.in_channels
-            resized = dense.resized(in_width, out_width)
-            ms = cache.get(resized.geometry())
-            if ms is None:
-                ms = _timed(timer, resized)
-                cache.put(resized.geometry(), ms)
-                measured += 1
-            else:
-                cached += 1
-            row.append(ms)
-        rows.append(tuple(row))
-    return LayerGrid(ins, outs, tuple(rows), tied, dense.geometry()), measured, cached
+    # a tied layer's channel multiplier stays as it was
+    rows = [[dense.resized(in_width, in_width * dense.out_channels // dense.in_channels if tied else out_width)
+             for out_width in outs] for in_width in ins]
+    return _Planned(ins, outs, tied, rows, dense.geometry())
 
 
 def program_latency_table(program: Program, timer: LayerTimer, **options) -> LatencyTable:

@@ -23,6 +23,10 @@ from prunefx.runtime.ort.kernel_profile import median_kernel_ms
 from prunefx.runtime.ort.runners import timing_flushes_denormals
 from prunefx.runtime.tables.layer_models import LayerModule, layer_feed, layer_model
 
+# sweeps of a table timed on the CPU: two builds' entries, each one reading, differed by more than 12 % in one entry
+# in ten on ConvNeXt-T; each the median of three, by 6 to 9 % (benchmarks/results/table_sweeps.md)
+CPU_SWEEPS = 3
+
 
 def cpu_model(cpuinfo: str | None = None) -> str:
     """The first processor's model name from /proc/cpuinfo (read here when not given), else what platform says."""
@@ -47,15 +51,16 @@ class OnnxRuntimeLayerTimer:
     precision = "fp32"
 
     def __init__(self, *, threads: int = 1, warmup: int = 3, runs: int = 10, spinning: bool = True,
-                 flush_denormals: bool | None = None):
-        self.threads, self.warmup, self.runs = threads, warmup, runs
+                 flush_denormals: bool | None = None, sweeps: int = CPU_SWEEPS):
+        self.threads, self.warmup, self.runs, self.sweeps = threads, warmup, runs, sweeps
         self.device = cpu_model()
         # as the whole models are timed: the Measurement's session options (None: PRUNEFX_KEEP_DENORMALS decides)
         self.spinning = spinning
         self.flush_denormals = timing_flushes_denormals() if flush_denormals is None else flush_denormals
         self.settings = (f"onnxruntime {ort.__version__}, {counted(threads, 'thread')}, operator work without "
                          "layout reorders, convolutions after a lead-in" + ("" if spinning else ", not spinning")
-                         + ("" if self.flush_denormals else ", subnormals kept"))  # a table of each is its own
+                         + ("" if self.flush_denormals else ", subnormals kept")  # a table of each is its own
+                         + _swept(sweeps))
         self._warmed = False
 
     def __call__(self, layer: TimedLayer) -> float:
@@ -73,6 +78,11 @@ class OnnxRuntimeLayerTimer:
                                     warmup=self.warmup, runs=self.runs, lead=int(lead_in))
 
 
+def _swept(sweeps: int) -> str:
+    """What a timer's settings say of its sweeps: an entry's median of several is another entry than one reading."""
+    return f", median of {sweeps} sweeps" if sweeps > 1 else ""
+
+
 TimeModule = Callable[[torch.nn.Module, tuple], float]  # (module, inputs) -> ms of one call
 
 
@@ -85,7 +95,7 @@ class TorchLayerTimer:
 
     def __init__(self, *, time_module: TimeModule | None = None, device: str | None = None,
                  torch_device: str = "cpu", precision: str = "fp32", backend: str = "torch",
-                 settings: str | None = None, warmup: int = 3, runs: int = 10):
+                 settings: str | None = None, warmup: int = 3, runs: int = 10, sweeps: int | None = None):
         if time_module is None and torch.device(torch_device).type != "cpu":
             # the eager timer reads the host's clock, which a GPU's queued kernels do not stop: launches, not work
             raise ValueError(f"TorchLayerTimer times eagerly on the CPU only; on {torch_device} give a time_module "
@@ -94,7 +104,9 @@ class TorchLayerTimer:
         self.time_module = time_module or self._eager
         self.device = device or cpu_model()
         self.warmup, self.runs = warmup, runs
-        self.settings = settings or f"torch {torch.__version__}, {counted(torch.get_num_threads(), 'thread')}"
+        self.sweeps = sweeps if sweeps is not None else CPU_SWEEPS if time_module is None else 1
+        self.settings = (settings or f"torch {torch.__version__}, {counted(torch.get_num_threads(), 'thread')}") + \
+            _swept(self.sweeps)
 
     def __call__(self, layer: TimedLayer) -> float:
         module = LayerModule(layer).to(self.torch_device).eval()
