@@ -13,7 +13,7 @@ the machine alike; ONNX Runtime at --threads threads, batch 1, the timer prunefx
   timed against the dense model round by round in one run (common.side_by_side, --rounds rounds): how far the
   speed-ups of one kind's plans are apart, and how many distinct plans its builds chose.
 
-    .venv/bin/python benchmarks/table_sweeps.py [--models convnext_tiny resnet50] [--builds 3]
+    .venv/bin/python benchmarks/table_sweeps.py [--models convnext_tiny resnet50] [--builds 5]
 """
 
 from __future__ import annotations
@@ -112,18 +112,21 @@ def markdown(report: dict) -> str:
              f"kind, each ratio over the pair's median ratio; apart: more than {APART:.0%} from its twin.",
              f"- Choices: the latency choice at the MACs the MACs choice keeps at {report['macs']}, every plan timed "
              f"against the dense model round by round in one run ({report['rounds']} rounds); plan: the same number "
-             "for the same widths.", ""]
+             "for the same widths; speed-up x MACs kept: the speed-up over the MACs reduction, which compares plans "
+             "that landed at slightly different MACs.", ""]
     for result in report["results"]:
         lines += [f"## {result['model']}", "", markdown_table(
             ["sweeps", "pairs of builds", "entries", "entries apart", "ratio p5-p95", "farthest"],
             [[kind, e["pairs"], e["entries"], f"{e['apart']:.1%}", f"{e['p5']:.3f}-{e['p95']:.3f}",
               f"{e['lowest']:.3f} / {e['highest']:.3f}"] for kind, e in result["entries"].items()]), ""]
         macs = result["macs_choice"]
-        rows = [["MACs choice", "", f"{macs['macs_kept']:.3f}", "", f"**{macs['speedup']:.2f}x**"]]
+        rows = [["MACs choice", "", f"{macs['macs_kept']:.3f}", "", f"**{macs['speedup']:.2f}x**",
+                 f"{macs['speedup'] * macs['macs_kept']:.2f}"]]
         rows += [[row["key"], f"{row['table_s']:.1f}", f"{row['macs_kept']:.3f}", row["plan"],
-                  f"**{row['speedup']:.2f}x** ({row['speedup_low']:.2f}-{row['speedup_high']:.2f})"]
-                 for row in result["choices"]]
-        lines += [markdown_table(["choice", "table s", "MACs kept", "plan", "speed-up (90 % interval)"], rows), ""]
+                  f"**{row['speedup']:.2f}x** ({row['speedup_low']:.2f}-{row['speedup_high']:.2f})",
+                  f"{row['speedup'] * row['macs_kept']:.2f}"] for row in result["choices"]]
+        lines += [markdown_table(["choice", "table s", "MACs kept", "plan", "speed-up (90 % interval)",
+                                  "speed-up x MACs kept"], rows), ""]
         for kind in KINDS:
             mine = [row for row in result["choices"] if row["kind"] == kind]
             speedups = [row["speedup"] for row in mine]
@@ -136,7 +139,7 @@ def markdown(report: dict) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["convnext_tiny", "resnet50"], choices=list(ZOO))
-    parser.add_argument("--builds", type=int, default=3, help="tables of each kind per model")
+    parser.add_argument("--builds", type=int, default=5, help="tables of each kind per model")
     parser.add_argument("--macs", type=float, default=0.5)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=100, help="timed runs of each pair over all rounds")
