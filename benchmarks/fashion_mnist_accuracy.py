@@ -97,7 +97,11 @@ def baseline(model: str, data, args) -> tuple[Program, dict]:
     folder = CACHE / model
     path, info_path = folder / f"dense_{epochs}ep.pt2", folder / f"dense_{epochs}ep.json"
     if path.is_file() and info_path.is_file():
-        return Program.load(path).eval(), json.loads(info_path.read_text())
+        program = Program.load(path).eval()
+        batch = getattr(data.train, "batch_size", None)  # the benchmark that trained it may have batched otherwise
+        if batch and int(program.example_inputs[0].shape[0]) != batch:
+            program = rebatch(program, batch)
+        return program, json.loads(info_path.read_text())
     torch.manual_seed(args.seed)
     program = capture(build_model(f"prunefx:{model}").module, next(iter(data.train))[0], name=model)
     print(f"[{model}] training the dense baseline for {epochs} epochs", file=sys.stderr)

@@ -115,6 +115,8 @@ RUNS = (
     Run("busy_budget", "busy_budget", ("--trials", "4"), minutes=10),
     Run("gelu_opset", "gelu_opset", minutes=4, guessed=True),
     Run("latency_choice_speed", "latency_choice_speed", minutes=4),
+    # ONNX Runtime tables timed four ways, four builds each on two models, and their choices timed side by side
+    Run("table_timing", "table_timing", minutes=16, guessed=True),
     Run("data_loading", "data_loading", minutes=2),
     Run("data_loading_routes", "data_loading",
         ("--canvases", "128", "--rounds", "4", "--stream", "0", "--results-name", "data_loading_routes"),

@@ -15,7 +15,7 @@ import bisect
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 import onnxruntime as ort
@@ -58,19 +58,39 @@ def kernel_ms_per_run(events: Iterable[Mapping], *, skip: int = 0, left_out: fro
     return [sum(times[lead:]) for times in per_run]
 
 
-def median_kernel_ms(model: bytes, feed: dict[str, np.ndarray], *, threads: int, spinning: bool,
-                     flush_denormals: bool, warmup: int, runs: int, lead: int = 0) -> float:
-    """The median over `runs` timed runs (after `warmup` untimed ones) of the operator work of a run of `model`
-    (kernel_ms_per_run, its first `lead` operators left out), in a session with prunefx's timing settings
+def profiled_runs(model: bytes, feed: dict[str, np.ndarray], *, threads: int, spinning: bool, flush_denormals: bool,
+                  runs: int) -> list[dict]:
+    """The profile events of `runs` runs of `model` in a session with prunefx's timing settings
     (runtime/ort/options.py) and the profiler on; the profile file is removed."""
     with tempfile.TemporaryDirectory(prefix="prunefx-profile-") as folder:
         options = session_options(threads, spinning, flush_denormals, profile_prefix=os.path.join(folder, "layer"))
         session = ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
-        for _ in range(warmup + runs):
+        for _ in range(runs):
             session.run(None, feed)
         with open(session.end_profiling(), encoding="utf-8") as file:
-            events = json.load(file)
+            return json.load(file)
+
+
+def median_kernel_ms(model: bytes, feed: dict[str, np.ndarray], *, threads: int, spinning: bool,
+                     flush_denormals: bool, warmup: int, runs: int, lead: int = 0) -> float:
+    """The median over `runs` timed runs (after `warmup` untimed ones) of the operator work of a run of `model`
+    (kernel_ms_per_run, its first `lead` operators left out)."""
+    events = profiled_runs(model, feed, threads=threads, spinning=spinning, flush_denormals=flush_denormals,
+                           runs=warmup + runs)
     return float(np.median(kernel_ms_per_run(events, skip=warmup, lead=lead)))
+
+
+def median_kernel_ms_by(events: Iterable[Mapping], group: Callable[[str], int | None], groups: int, *,
+                        skip: int = 0) -> list[float]:
+    """For each of `groups` groups of nodes (`group` names a node's, None for nodes of none), the median over the runs
+    after the first `skip` of its nodes' kernel milliseconds in a run, layout reorders left out."""
+    count, kernels = _timed_kernels(events, skip)
+    per_run = np.zeros((groups, count))
+    for run, _, name, op, ms in kernels:
+        index = group(name)
+        if index is not None and op not in LAYOUT_OPS:
+            per_run[index, run] += ms
+    return [float(value) for value in np.median(per_run, axis=1)]
 
 
 def kernel_ms_by_operator(events: Iterable[Mapping], *, skip: int = 0) -> dict[str, float]:

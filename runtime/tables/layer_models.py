@@ -32,6 +32,16 @@ def _weights(layer: TimedLayer) -> tuple[np.ndarray, np.ndarray | None]:
     return weight, bias
 
 
+def weight_bytes(layer: TimedLayer) -> int:
+    """The bytes of the layer's float32 weights (an attention's score terms; a layer norm's scale)."""
+    if layer.kind in ATTENTION_KINDS:
+        _, heads, tokens, _ = layer.input_shape
+        return 4 * layer.score_terms * heads * tokens * key_shape(layer)[2]
+    if layer.kind == "conv2d":
+        return 4 * layer.out_channels * layer.in_channels // layer.groups * int(np.prod(layer.kernel))
+    return 4 * layer.in_channels * (1 if layer.kind == "layer_norm" else layer.out_channels)
+
+
 def _norm(layer: TimedLayer) -> tuple[np.ndarray, ...]:
     """An inference batch norm's scale, shift, mean and variance over the layer's outputs (random, positive
     variance): they do not change its time, and both renderings of the layer read the same ones."""

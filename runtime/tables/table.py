@@ -145,7 +145,8 @@ def build_latency_table(layers: Sequence[TimedLayer], timer: LayerTimer, *, mult
     """Time every layer on its grid of widths with `timer`, reading and filling the cache for its identity. A
     timer with `sweeps` > 1 times every entry the cache lacks that many times, one sweep over the whole table after
     another, and keeps each entry's median: a stretch of a busy or throttled machine then spoils one sweep's
-    readings, not an entry."""
+    readings, not an entry. A timer with `time_all` times a sweep's entries in one call (ONNX Runtime's: side by
+    side in one model, runtime/tables/table_model.py)."""
     _check(multiple, max_ratio, points, batch)
     started = time.perf_counter()
     identity = {"backend": timer.backend, "device": timer.device, "precision": timer.precision,
@@ -192,13 +193,21 @@ def build_latency_table(layers: Sequence[TimedLayer], timer: LayerTimer, *, mult
 
 def _swept(timer: LayerTimer, names: list[str], missing: dict[str, list[TimedLayer]], sweeps: int) -> dict[str, float]:
     """The median of `sweeps` times of every entry in `missing` (by the layer that times it first), each sweep
-    over every layer in the order `names`; the progress bar counts layers, once a sweep."""
+    over every layer in the order `names`, by the timer's `time_all` where it has one (every entry of a sweep in
+    one call); the progress bar counts layers, once a sweep."""
     samples: dict[str, list[float]] = {}
+    together = getattr(timer, "time_all", None)
     with progress_bar("timing layers", sweeps * len(names), unit="layer", progress=None) as bar:
         for _ in range(sweeps):
+            if callable(together):
+                entries = [entry for name in names for entry in missing.get(name, ())]
+                for entry, ms in zip(entries, together(entries), strict=True):
+                    samples.setdefault(entry.geometry(), []).append(_checked(timer, entry, ms))
+                bar.update(len(names))
+                continue
             for name in names:
                 for entry in missing.get(name, ()):
-                    samples.setdefault(entry.geometry(), []).append(_timed(timer, entry))
+                    samples.setdefault(entry.geometry(), []).append(_checked(timer, entry, timer(entry)))
                 bar.update()
     return {geometry: statistics.median(values) for geometry, values in samples.items()}
 
@@ -232,8 +241,8 @@ def program_latency_table(program: Program, timer: LayerTimer, **options) -> Lat
     return build_latency_table(timed_layers(program.module), timer, **options)
 
 
-def _timed(timer: LayerTimer, layer: TimedLayer) -> float:
-    ms = float(timer(layer))
+def _checked(timer: LayerTimer, layer: TimedLayer, ms: float) -> float:
+    ms = float(ms)
     if not math.isfinite(ms) or ms < 0:
         raise MeasurementError(f"the {timer.backend} layer timer gave {ms!r} ms for {layer.geometry()}")
     return ms

@@ -9,7 +9,7 @@ identity (device, library version, threads) keys the cache. Details: docs/algori
 from __future__ import annotations
 
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import onnxruntime as ort
 import torch
@@ -19,13 +19,15 @@ from prunefx.graph.counted import counted
 from prunefx.runtime.measure.latency import measure_latency
 from prunefx.runtime.measure.width_multiple import CPUINFO
 from prunefx.runtime.ort.denormals import subnormal_mode
-from prunefx.runtime.ort.kernel_profile import median_kernel_ms
+from prunefx.runtime.ort.kernel_profile import median_kernel_ms, median_kernel_ms_by, profiled_runs
 from prunefx.runtime.ort.runners import timing_flushes_denormals
-from prunefx.runtime.tables.layer_models import LayerModule, layer_feed, layer_model
+from prunefx.runtime.tables.layer_models import LayerModule, layer_feed, layer_model, weight_bytes
+from prunefx.runtime.tables.table_model import entry_of, table_model
 
 # sweeps of a table timed on the CPU: two builds' entries, each one reading, differed by more than 12 % in one entry
 # in ten on ConvNeXt-T; each the median of three, by 6 to 9 % (benchmarks/results/table_sweeps.md)
 CPU_SWEEPS = 3
+CHUNK_BYTES = 512 * 2 ** 20  # weights of the entries one model of a table holds (a ViT-L's table holds about 1 GB)
 
 
 def cpu_model(cpuinfo: str | None = None) -> str:
@@ -58,7 +60,8 @@ class OnnxRuntimeLayerTimer:
         self.spinning = spinning
         self.flush_denormals = timing_flushes_denormals() if flush_denormals is None else flush_denormals
         self.settings = (f"onnxruntime {ort.__version__}, {counted(threads, 'thread')}, operator work without "
-                         "layout reorders, convolutions after a lead-in" + ("" if spinning else ", not spinning")
+                         "layout reorders, convolutions after a lead-in, a table's entries run together"
+                         + ("" if spinning else ", not spinning")
                          + ("" if self.flush_denormals else ", subnormals kept")  # a table of each is its own
                          + _swept(sweeps))
         self._warmed = False
@@ -68,6 +71,19 @@ class OnnxRuntimeLayerTimer:
             self._median(layer)
             self._warmed = True
         return self._median(layer)
+
+    def time_all(self, entries: Sequence[TimedLayer]) -> list[float]:
+        """Each entry's time from runs of one model holding them all (table_model.py): every entry's weights come
+        from memory, pushed out of the caches by all the others', as a layer's are in a whole model. Entries with
+        more than CHUNK_BYTES of weights between them are timed in several such models."""
+        times: list[float] = []
+        for chunk in _chunks(list(entries), CHUNK_BYTES):
+            model, feed = table_model(chunk)
+            with subnormal_mode(self.flush_denormals):
+                events = profiled_runs(model.SerializeToString(), feed, threads=self.threads, spinning=self.spinning,
+                                       flush_denormals=self.flush_denormals, runs=self.warmup + self.runs)
+            times += median_kernel_ms_by(events, entry_of, len(chunk), skip=self.warmup)
+        return times
 
     def _median(self, layer: TimedLayer) -> float:
         feed = layer_feed(layer)
@@ -81,6 +97,20 @@ class OnnxRuntimeLayerTimer:
 def _swept(sweeps: int) -> str:
     """What a timer's settings say of its sweeps: an entry's median of several is another entry than one reading."""
     return f", median of {sweeps} sweeps" if sweeps > 1 else ""
+
+
+def _chunks(entries: list[TimedLayer], limit: int) -> list[list[TimedLayer]]:
+    """`entries` in consecutive runs of at most `limit` bytes of weights (at least one entry each)."""
+    chunks: list[list[TimedLayer]] = [[]]
+    held = 0
+    for entry in entries:
+        size = weight_bytes(entry)
+        if chunks[-1] and held + size > limit:
+            chunks.append([])
+            held = 0
+        chunks[-1].append(entry)
+        held += size
+    return [chunk for chunk in chunks if chunk]
 
 
 TimeModule = Callable[[torch.nn.Module, tuple], float]  # (module, inputs) -> ms of one call

@@ -1,19 +1,22 @@
-"""table_sweeps: how far a latency table's entries, and the channels it chooses, move from one build to the next,
-each entry one reading (1 sweep) or the median of three sweeps over the whole table (3 sweeps, the CPU timers'
-default: runtime/tables/table.py).
+"""table_timing: how far a latency table's entries, and the channels it chooses, move from one build to the next,
+timed as prunefx's ONNX Runtime timer did before (each layer alone, again and again: its weights stay in the caches)
+and as it does now (a sweep's entries side by side in one model, each run after all the others: its weights come
+from memory, as in a whole model; runtime/tables/table_model.py), with each entry one reading or the median of
+three sweeps over the table.
 
 For each model (random weights, 224 x 224, l2 importance, widths of ONNX Runtime's multiple on this CPU): --builds
-tables of each kind, each in a cache folder of its own (everything timed), the kinds alternated so that both meet
-the machine alike; ONNX Runtime at --threads threads, batch 1, the timer prunefx uses (runtime/tables/timers.py).
+tables of each kind, each in a cache folder of its own (everything timed), the kinds alternated so that all meet
+the machine alike; ONNX Runtime at --threads threads, batch 1.
 - Entries: every two builds of a kind compared entry by entry, each ratio divided by the pair's median ratio (a
   table that drifts as a whole chooses the same channels): the share of entries more than 10 % apart, the 5th and
-  95th percentiles of the ratios and the farthest, pooled over the pairs.
+  95th percentiles of the ratios and the farthest, pooled over the pairs. Dense sum: the table's time of the dense
+  model's timed layers, beside the dense model's measured time.
 - Choices: with each table, the latency choice at the MACs the MACs choice keeps at --macs (table_fraction.at_macs,
   as latency_aware_choice.py part 2); every plan and the MACs choice, exported as prunefx delivers them (dynamo),
-  timed against the dense model round by round in one run (common.side_by_side, --rounds rounds): how far the
-  speed-ups of one kind's plans are apart, and how many distinct plans its builds chose.
+  timed against the dense model round by round in one run (common.side_by_side, --rounds rounds): the speed-ups
+  of each kind's plans, and how many distinct plans its builds chose.
 
-    .venv/bin/python benchmarks/table_sweeps.py [--models convnext_tiny resnet50] [--builds 5]
+    .venv/bin/python benchmarks/table_timing.py [--models convnext_tiny resnet50 mobilenet_v2] [--builds 4]
 """
 
 from __future__ import annotations
@@ -39,14 +42,22 @@ from prunefx.runtime.measure.width_multiple import onnxruntime_multiple
 from prunefx.runtime.tables.table import LatencyTable, build_latency_table
 from prunefx.runtime.tables.timers import OnnxRuntimeLayerTimer
 
-NAME = "table_sweeps"
-KINDS = (1, 3)  # sweeps
+NAME = "table_timing"
+KINDS = {"alone, 1 reading": (False, 1), "alone, 3 sweeps": (False, 3), "together, 1 reading": (True, 1),
+         "together, 3 sweeps": (True, 3)}  # (entries side by side in one model, sweeps); the last is prunefx's
 APART = 0.10    # an entry this far from its twin in another build counts as apart
 
 
-def build(dense: Program, sweeps: int, args) -> tuple[LatencyTable, float]:
+class OneAtATime(OnnxRuntimeLayerTimer):
+    """The timer as it was: each entry alone, in a session of its own."""
+
+    time_all = None
+
+
+def build(dense: Program, kind: str, args) -> tuple[LatencyTable, float]:
     """A table of every timed layer, timed afresh (a cache folder of its own); its build seconds."""
-    timer = OnnxRuntimeLayerTimer(threads=args.threads, warmup=3, runs=10, sweeps=sweeps)
+    together, sweeps = KINDS[kind]
+    timer = (OnnxRuntimeLayerTimer if together else OneAtATime)(threads=args.threads, warmup=3, runs=10, sweeps=sweeps)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         table = build_latency_table(timed_layers(dense.module), timer, multiple=args.round_to, batch=1, cache_dir=folder)
@@ -81,17 +92,17 @@ def model_rows(model: str, args) -> dict:
     extra = {"importance": "l2", "round_to": args.round_to}
     by_macs = remove_channels(dense.clone(), config={"macs": args.macs, "strict": False, **extra}).program
     target = count(by_macs).macs / count(dense).macs
-    tables: dict[int, list[LatencyTable]] = {kind: [] for kind in KINDS}
+    tables: dict[str, list[LatencyTable]] = {kind: [] for kind in KINDS}
     plans, rows = {"macs": by_macs}, []
     for index in range(args.builds):
-        for sweeps in KINDS:
-            table, seconds = build(dense, sweeps, args)
-            tables[sweeps].append(table)
+        for kind in KINDS:
+            table, seconds = build(dense, kind, args)
+            tables[kind].append(table)
             program, macs_kept, _ = table_fraction.at_macs(dense, table, target, extra)
-            key = f"{sweeps} sweep{'s' if sweeps > 1 else ''}, build {index + 1}"
+            key = f"{kind}, build {index + 1}"
             plans[key] = program
-            rows.append({"kind": sweeps, "build": index + 1, "key": key, "table_s": seconds, "macs_kept": macs_kept,
-                         "plan": widths(program)})
+            rows.append({"kind": kind, "build": index + 1, "key": key, "table_s": seconds, "macs_kept": macs_kept,
+                         "dense_table_ms": table_fraction.table_ms(table, dense), "plan": widths(program)})
             print(f"{model}: {key}: table {seconds:.1f} s, MACs kept {macs_kept:.3f}", file=sys.stderr)
     with tempfile.TemporaryDirectory() as folder:
         timed = Timing(dense, args, Path(folder), "dynamo").side_by_side(plans, args.rounds)
@@ -101,12 +112,15 @@ def model_rows(model: str, args) -> dict:
     for row in rows:
         row["plan"] = plan_ids[row.pop("plan")]
     return {"model": model, "macs_choice": {"macs_kept": target, **timed["macs"]}, "choices": rows,
-            "entries": {str(kind): agreement(tables[kind]) for kind in KINDS}}
+            "entries": {kind: agreement(tables[kind]) for kind in KINDS}}
 
 
 def markdown(report: dict) -> str:
-    lines = ["# How far a latency table and its choice move between builds: one reading an entry, or three sweeps",
+    lines = ["# How far a latency table and its choice move between builds, by how its entries are timed",
              "", f"Produced by `{report['command']}`.", "", machine_summary(report["machine"]), "",
+             "- Kinds: each layer alone (its weights stay in the caches), or a sweep's entries together in one model "
+             "(prunefx's: each entry's weights pushed out by the others'); each entry one reading or the median of 3 "
+             "sweeps.",
              f"- Each model: {report['builds']} builds of each kind, alternated, each timed afresh (ONNX Runtime, "
              f"{report['threads']} threads, batch 1, widths of {report['round_to']}). Entries: every two builds of a "
              f"kind, each ratio over the pair's median ratio; apart: more than {APART:.0%} from its twin.",
@@ -115,10 +129,14 @@ def markdown(report: dict) -> str:
              "for the same widths; speed-up x MACs kept: the speed-up over the MACs reduction, which compares plans "
              "that landed at slightly different MACs.", ""]
     for result in report["results"]:
+        dense_ms = result["macs_choice"]["dense_ms"]
         lines += [f"## {result['model']}", "", markdown_table(
-            ["sweeps", "pairs of builds", "entries", "entries apart", "ratio p5-p95", "farthest"],
+            ["timing", "pairs of builds", "entries", "entries apart", "ratio p5-p95", "farthest",
+             "dense sum (measured " + f"{dense_ms:.1f} ms)"],
             [[kind, e["pairs"], e["entries"], f"{e['apart']:.1%}", f"{e['p5']:.3f}-{e['p95']:.3f}",
-              f"{e['lowest']:.3f} / {e['highest']:.3f}"] for kind, e in result["entries"].items()]), ""]
+              f"{e['lowest']:.3f} / {e['highest']:.3f}",
+              " / ".join(f"{row['dense_table_ms']:.1f}" for row in result["choices"] if row["kind"] == kind)]
+             for kind, e in result["entries"].items()]), ""]
         macs = result["macs_choice"]
         rows = [["MACs choice", "", f"{macs['macs_kept']:.3f}", "", f"**{macs['speedup']:.2f}x**",
                  f"{macs['speedup'] * macs['macs_kept']:.2f}"]]
@@ -130,7 +148,7 @@ def markdown(report: dict) -> str:
         for kind in KINDS:
             mine = [row for row in result["choices"] if row["kind"] == kind]
             speedups = [row["speedup"] for row in mine]
-            lines.append(f"- {kind} sweep{'s' if kind > 1 else ''}: {len({row['plan'] for row in mine})} distinct plans "
+            lines.append(f"- {kind}: {len({row['plan'] for row in mine})} distinct plans "
                          f"of {len(mine)}, speed-ups {min(speedups):.2f}x to {max(speedups):.2f}x.")
         lines.append("")
     return "\n".join(lines)
@@ -138,8 +156,8 @@ def markdown(report: dict) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=["convnext_tiny", "resnet50"], choices=list(ZOO))
-    parser.add_argument("--builds", type=int, default=5, help="tables of each kind per model")
+    parser.add_argument("--models", nargs="+", default=["convnext_tiny", "resnet50", "mobilenet_v2"], choices=list(ZOO))
+    parser.add_argument("--builds", type=int, default=4, help="tables of each kind per model")
     parser.add_argument("--macs", type=float, default=0.5)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=100, help="timed runs of each pair over all rounds")

@@ -1,0 +1,62 @@
+"""A latency table's entries side by side in one ONNX model, so that one run times every entry once
+(OnnxRuntimeLayerTimer.time_all). Each entry is its one-layer model (layer_models.layer_model), its names prefixed,
+its input written by a lead-in just before it, as a layer's input is written by the layer before it in a model.
+
+Why together: a lone layer run again and again finds its weights in the caches, where in a whole model the rest
+of the model's weights passed through them since its last run. On this CPU ConvNeXt-T's last MLP layer read
+0.82 ms alone and 1.09 ms in the model; a table of warm layers undervalues cutting the layers with the most weights,
+and the channels it chose differed from build to build by whether they cut ConvNeXt-T's last stage
+(benchmarks/results/table_sweeps.md). Run together, each entry's weights have been pushed out by all the other
+entries' since its last run, as by a model's.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import helper
+
+from prunefx.graph.channels.timed_layers import TimedLayer
+from prunefx.runtime.tables.layer_models import IR_VERSION, OPSET, layer_feed, layer_model
+
+LEAD = "lead"  # the name (after an entry's prefix) of the lead-in's output: its node's time is not the entry's
+
+
+def prefix_of(index: int) -> str:
+    return f"e{index}_"
+
+
+def entry_of(node: str) -> int | None:
+    """The index of the entry a node (as ONNX Runtime names it after its graph optimisations) belongs to; None for
+    its lead-in and for nodes of no entry."""
+    head, sep, rest = node.partition("_")
+    if not sep or not head.startswith("e") or not head[1:].isdigit() or rest.startswith(LEAD):
+        return None
+    return int(head[1:])
+
+
+def table_model(entries: list[TimedLayer]) -> tuple[onnx.ModelProto, dict]:
+    """The model running every entry, and its feed: entry i's inputs and names under prefix_of(i)."""
+    nodes, inputs, outputs, initializers, feed = [], [], [], [], {}
+    for index, layer in enumerate(entries):
+        convolution = layer.kind == "conv2d"
+        graph = onnx.compose.add_prefix(layer_model(layer, lead_in=convolution), prefix_of(index)).graph
+        prefix = prefix_of(index)
+        if not convolution:  # a lead-in writes x (its values negated: a layer's time does not depend on them)
+            _rename_input(graph, f"{prefix}x", f"{prefix}source")
+            nodes.append(helper.make_node("Neg", [f"{prefix}source"], [f"{prefix}x"], name=f"{prefix}{LEAD}"))
+        for number, node in enumerate(graph.node):
+            node.name = node.name or f"{prefix}{LEAD if node.output[0] == prefix + LEAD else 'n'}{number}"
+        nodes += graph.node
+        inputs += graph.input
+        outputs += graph.output
+        initializers += graph.initializer
+        feed.update({f"{prefix}{name}" if convolution or name != "x" else f"{prefix}source": value
+                     for name, value in layer_feed(layer).items()})
+    graph = helper.make_graph(nodes, "table", inputs, outputs, initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION), feed
+
+
+def _rename_input(graph: onnx.GraphProto, old: str, new: str) -> None:
+    for value in graph.input:
+        if value.name == old:
+            value.name = new
