@@ -97,11 +97,8 @@ def baseline(model: str, data, args) -> tuple[Program, dict]:
     folder = CACHE / model
     path, info_path = folder / f"dense_{epochs}ep.pt2", folder / f"dense_{epochs}ep.json"
     if path.is_file() and info_path.is_file():
-        program = Program.load(path).eval()
-        batch = getattr(data.train, "batch_size", None)  # the benchmark that trained it may have batched otherwise
-        if batch and int(program.example_inputs[0].shape[0]) != batch:
-            program = rebatch(program, batch)
-        return program, json.loads(info_path.read_text())
+        return at_batch(model, Program.load(path).eval(), getattr(getattr(data, "train", None), "batch_size", None)), \
+            json.loads(info_path.read_text())
     torch.manual_seed(args.seed)
     program = capture(build_model(f"prunefx:{model}").module, next(iter(data.train))[0], name=model)
     print(f"[{model}] training the dense baseline for {epochs} epochs", file=sys.stderr)
@@ -121,6 +118,18 @@ def baseline(model: str, data, args) -> tuple[Program, dict]:
     program.save(path)
     write_whole(info_path, json.dumps(info, indent=1))
     return program, info
+
+
+def at_batch(model: str, program: Program, batch: int | None) -> Program:
+    """A cached baseline at the batch size of the data it will be calibrated on (the benchmark that trained it may
+    have batched otherwise): cut out of the graph where smaller, captured again with its weights where larger."""
+    cached = int(program.example_inputs[0].shape[0])
+    if not batch or batch == cached:
+        return program
+    if batch < cached:
+        return rebatch(program, batch)
+    example = torch.zeros(batch, *program.example_inputs[0].shape[1:])
+    return capture(eager_copy(model, program), example, name=program.name).eval()
 
 
 # --- pruning -----------------------------------------------------------------------------------------

@@ -367,6 +367,7 @@ def test_a_baseline_is_cached_by_its_epochs(tmp_path, monkeypatch):
     import torch
 
     from prunefx.graph import capture
+    from prunefx.models import build_model
 
     monkeypatch.setattr(fashion_mnist_accuracy, "CACHE", tmp_path)
     folder = tmp_path / "resnet20"
@@ -381,6 +382,15 @@ def test_a_baseline_is_cached_by_its_epochs(tmp_path, monkeypatch):
     def trains(*args, **kwargs):
         raise Trains
 
+    batched = argparse.Namespace(train=argparse.Namespace(batch_size=1))  # another benchmark's batches
+    (folder / "dense_8ep.json").write_text(json.dumps({"epochs": 8}))
+    for cached, wanted in ((4, 1), (1, 3)):  # cut out of the graph; captured again with the cached weights
+        model = build_model("prunefx:resnet20").module.eval()
+        capture(model, torch.randn(cached, 1, 28, 28), name="resnet20").save(folder / "dense_8ep.pt2")
+        batched.train.batch_size = wanted
+        program, _ = fashion_mnist_accuracy.baseline("resnet20", batched, argparse.Namespace(baseline_epochs=8, seed=0))
+        x = torch.randn(wanted, 1, 28, 28)
+        torch.testing.assert_close(program.module(x), model(x))
     monkeypatch.setattr(fashion_mnist_accuracy, "capture", trains)  # the first step of training a baseline
     data = argparse.Namespace(train=[(torch.zeros(1, 1, 28, 28), torch.zeros(1))])
     with pytest.raises(Trains):
