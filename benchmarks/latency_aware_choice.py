@@ -6,7 +6,7 @@ ONNX Runtime's width multiple on this CPU, runtime/measure/width_multiple.py):
 - latency: remove_channels to a fraction of the time of a per-layer latency table of the dense model
   (`layer_time` with `latency_table`), channels going by importance lost per millisecond saved. The table
   times every convolution, linear layer, self-attention and layer norm alone, at batch 1, with ONNX Runtime at
-  --threads threads, each entry the median of three sweeps over the table (runtime/tables/table.py); it is cached per CPU model under --cache-dir.
+  --threads threads, a table's entries timed together in one model (runtime/tables/table.py); it is cached per CPU model under --cache-dir.
 
 Part 1, accuracy at the same measured speed-up (Fashion-MNIST, the dense baselines that
 benchmarks/fashion_mnist_accuracy.py trains and caches; trained here first when missing): for each

@@ -44,7 +44,9 @@ from prunefx.runtime.tables.timers import OnnxRuntimeLayerTimer
 
 NAME = "table_timing"
 KINDS = {"alone, 1 reading": (False, 1), "alone, 3 sweeps": (False, 3), "together, 1 reading": (True, 1),
-         "together, 3 sweeps": (True, 3)}  # (entries side by side in one model, sweeps); the last is prunefx's
+         "together, 3 sweeps": (True, 3)}  # (entries side by side in one model, sweeps); "together, 1 reading": prunefx's
+SHORT = {"alone": "alone, 1 reading", "alone-3": "alone, 3 sweeps", "together": "together, 1 reading",
+         "together-3": "together, 3 sweeps"}  # --kinds
 APART = 0.10    # an entry this far from its twin in another build counts as apart
 
 
@@ -92,10 +94,10 @@ def model_rows(model: str, args) -> dict:
     extra = {"importance": "l2", "round_to": args.round_to}
     by_macs = remove_channels(dense.clone(), config={"macs": args.macs, "strict": False, **extra}).program
     target = count(by_macs).macs / count(dense).macs
-    tables: dict[str, list[LatencyTable]] = {kind: [] for kind in KINDS}
+    tables: dict[str, list[LatencyTable]] = {kind: [] for kind in args.kinds}
     plans, rows = {"macs": by_macs}, []
     for index in range(args.builds):
-        for kind in KINDS:
+        for kind in args.kinds:
             table, seconds = build(dense, kind, args)
             tables[kind].append(table)
             program, macs_kept, _ = table_fraction.at_macs(dense, table, target, extra)
@@ -112,7 +114,7 @@ def model_rows(model: str, args) -> dict:
     for row in rows:
         row["plan"] = plan_ids[row.pop("plan")]
     return {"model": model, "macs_choice": {"macs_kept": target, **timed["macs"]}, "choices": rows,
-            "entries": {kind: agreement(tables[kind]) for kind in KINDS}}
+            "entries": {kind: agreement(tables[kind]) for kind in args.kinds}}
 
 
 def markdown(report: dict) -> str:
@@ -145,7 +147,7 @@ def markdown(report: dict) -> str:
                   f"{row['speedup'] * row['macs_kept']:.2f}"] for row in result["choices"]]
         lines += [markdown_table(["choice", "table s", "MACs kept", "plan", "speed-up (90 % interval)",
                                   "speed-up x MACs kept"], rows), ""]
-        for kind in KINDS:
+        for kind in result["entries"]:
             mine = [row for row in result["choices"] if row["kind"] == kind]
             speedups = [row["speedup"] for row in mine]
             lines.append(f"- {kind}: {len({row['plan'] for row in mine})} distinct plans "
@@ -164,8 +166,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kinds", nargs="+", default=list(SHORT), choices=list(SHORT),
+                        help="the timings compared: alone, alone-3, together, together-3 (all)")
     parser.add_argument("--results", type=Path, default=None)
+    parser.add_argument("--results-name", default=NAME, help=f"the results files' name ({NAME})")
     args = parser.parse_args(argv)
+    args.kinds = [SHORT[kind] for kind in args.kinds]
     args.round_to = onnxruntime_multiple()
     return args
 
@@ -176,7 +182,7 @@ def main(argv=None) -> int:
     report = {"command": command_line(), "machine": machine_info(threads=args.threads), "builds": args.builds,
               "macs": args.macs, "rounds": args.rounds, "threads": args.threads, "round_to": args.round_to,
               "results": [model_rows(model, args) for model in args.models]}
-    json_path, md_path = write_results(NAME, report, markdown(report), folder=args.results or RESULTS)
+    json_path, md_path = write_results(args.results_name, report, markdown(report), folder=args.results or RESULTS)
     print(md_path.read_text())
     print(f"wrote {json_path} and {md_path}", file=sys.stderr)
     return 0

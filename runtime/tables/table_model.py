@@ -3,9 +3,9 @@
 its input written by a lead-in just before it, as a layer's input is written by the layer before it in a model.
 
 Why together: a lone layer run again and again finds its weights in the caches, where in a whole model the rest
-of the model's weights passed through them since its last run. On a 2-core Xeon ConvNeXt-T's last MLP layer read
-0.82 ms alone and 1.09 ms in the model: a table of warm layers undervalues cutting the layers with the most weights,
-and the channels it chose swung from build to build between cutting ConvNeXt-T's last stage and not. Run together,
+of the model's weights passed through them since its last run. ConvNeXt-T's last-stage MLP layers read faster
+alone than in the model: a table of warm layers undervalued cutting the layers with the most weights, and the channels
+it chose swung from build to build between cutting ConvNeXt-T's last stage and not. Run together,
 each entry's weights have been pushed out by all the other entries' since its last run, as by a model's
 (benchmarks/results/table_timing.md).
 """
