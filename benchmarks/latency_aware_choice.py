@@ -220,8 +220,9 @@ def markdown(report: dict) -> str:
     lines = ["# Channels chosen by measured time against channels chosen by MACs (ONNX Runtime, CPU)\n",
              f"Produced by `{report['command']}`.\n", machine_summary(report["machine"]), "",
              f"- Widths: multiples of {report['round_to']}; speed-ups at batch 1, {report['threads']} threads, "
-             "alternated with the dense model. The latency table times each layer alone: ONNX Runtime's kernel time of "
-             "its operators, without the layout reorders a lone layer needs.\n"]
+             "alternated with the dense model. The latency table times each layer as ONNX Runtime's kernel time of "
+             "its operators, without the layout reorders a lone layer needs, its entries side by side in one model "
+             "(each entry's weights pushed out of the caches by the others', as in a whole model).\n"]
     if report["smoke"]:
         lines.append("**Smoke run: untrained models and tiny settings; these figures mean nothing.**\n")
     for model, info in report["baselines"].items():

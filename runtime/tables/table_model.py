@@ -7,7 +7,7 @@ of the model's weights passed through them since its last run. ConvNeXt-T's last
 alone than in the model: a table of warm layers undervalued cutting the layers with the most weights, and the channels
 it chose swung from build to build between cutting ConvNeXt-T's last stage and not. Run together,
 each entry's weights have been pushed out by all the other entries' since its last run, as by a model's
-(benchmarks/results/table_timing.md).
+(docs/benchmarks/latency-aware-choice.md, "How a table is timed").
 """
 
 from __future__ import annotations

@@ -24,9 +24,8 @@ from prunefx.runtime.ort.runners import timing_flushes_denormals
 from prunefx.runtime.tables.layer_models import LayerModule, layer_feed, layer_model, weight_bytes
 from prunefx.runtime.tables.table_model import entry_of, table_model
 
-# sweeps of a table timed on the CPU: the median of three made two builds' entries agree (timed together, on
-# ConvNeXt-T 0.4 % of entries more than 10 % apart against 5.9 % with one reading) but chose no faster channels
-# than one reading, at three times the cost (benchmarks/results/table_timing.md)
+# sweeps of a table timed on the CPU: the median of three made two builds' entries agree far better but chose no
+# faster channels than one reading, at three times the cost (docs/benchmarks/latency-aware-choice.md)
 CPU_SWEEPS = 1
 CHUNK_BYTES = 512 * 2 ** 20  # weights of the entries one model of a table holds (a ViT-L's table holds about 1 GB)
 
