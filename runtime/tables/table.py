@@ -2,8 +2,8 @@
 graph/channels/timed_layers.py) timed on a backend at the widths pruning can give it, cached on disk per
 device, and handed to channel selection as remove_channels' `latency_table` (its `layer_time` target).
 
-Layers are timed alone (no neighbours, traffic or fusions: a table only chooses channels, a whole-model
-measurement confirms), on a grid of the backend's multiples, interpolated bilinearly between grid points.
+Layers are timed without their neighbours (no traffic between them or fusions: a table only chooses channels, a
+whole-model measurement confirms), one at a time or a sweep's entries together (a timer's `time_all`), on a grid of the backend's multiples, interpolated bilinearly between grid points.
 The grid, the interpolation and the cache: see docs/algorithms.md, 'Latency tables'.
 """
 

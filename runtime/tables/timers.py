@@ -47,7 +47,8 @@ def cpu_model(cpuinfo: str | None = None) -> str:
 class OnnxRuntimeLayerTimer:
     """Times a layer with ONNX Runtime on the CPU: the median over `runs` timed runs (after `warmup`) of its
     operators' work as ONNX Runtime's profiler records it, without the call's overhead and the layout reorders
-    that only a lone layer needs (runtime/ort/kernel_profile.py): the layer's time inside a whole model."""
+    that only a lone layer needs (runtime/ort/kernel_profile.py): the layer's time inside a whole model. A table
+    gives it a sweep's entries at once (`time_all`: side by side in one model, table_model.py)."""
 
     backend = "ort"
     precision = "fp32"
