@@ -398,6 +398,17 @@ def test_a_table_on_the_cuda_backend_times_each_layer_as_a_plain_module(tmp_path
     assert json.loads(next(tmp_path.glob("cuda-*.json")).read_text())["identity"]["device"] == "Fake H100"
 
 
+def test_a_cuda_table_times_a_layer_norm_on_its_rows_flattened(tmp_path, monkeypatch):
+    """ConvNeXt's N x H x W x C layer norm runs on the device as N x HW x C (a 4-D input would be made
+    channels_last), one entry per width of its one axis."""
+    gpu = FakeGpu()
+    monkeypatch.setattr(backends.get("cuda"), "device", gpu)
+    norm = TimedLayer("norm", "layer_norm", (1, 7, 7, 32), 32, True)
+    table = build_latency_table([norm], layer_timer("cuda", Settings(runs=3, warmup=1)), multiple=8, batch=2,
+                                cache_dir=tmp_path)
+    assert table.measured == 4 and {tuple(x.shape) for x in gpu.inputs} == {(2, 49, w) for w in (8, 16, 24, 32)}
+
+
 def test_a_cuda_table_warms_the_gpu_up_again_after_it_was_left_idle(tmp_path, monkeypatch):
     """Entries that follow each other keep the clocks up; the merged network's table of a joint search comes after
     seconds of CPU work, and its first entry is warmed up again rather than timed at idle clocks."""
@@ -496,16 +507,18 @@ def test_a_missing_gpu_is_refused_before_anything_is_timed(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_a_cuda_table_on_a_real_gpu(tmp_path):
-    """A convolution and a ViT-B attention (12 heads of 64 over 197 tokens), fused and spelled out with a bias, on
-    the GPU: every entry a plausible time, and a quarter of the heads faster than all of them (the grid steps
-    through heads)."""
+    """A convolution, a ViT-B attention (12 heads of 64 over 197 tokens), fused and spelled out with a bias, and
+    ConvNeXt-T's first layer norm (N x 56 x 56 x 96) on the GPU: every entry a plausible time, a quarter of the heads
+    faster than all of them (the grid steps through heads), and the norm at its narrowest faster than at full width."""
     timer = layer_timer("cuda", Settings(runs=20, warmup=5))
     attention = TimedLayer("attention", "attention", (1, 12, 197, 64), 64, False)
     spelled = TimedLayer("spelled", "attention_products", (1, 12, 197, 64), 64, False, score_terms=1)
-    table = build_latency_table([CONV, attention, spelled], timer, multiple=8, batch=32, cache_dir=tmp_path)
-    assert timer.device == torch.cuda.get_device_name() and table.measured == 3 * 4 * 4
+    norm = TimedLayer("norm", "layer_norm", (1, 56, 56, 96), 96, True)
+    table = build_latency_table([CONV, attention, spelled, norm], timer, multiple=8, batch=32, cache_dir=tmp_path)
+    assert timer.device == torch.cuda.get_device_name() and table.measured == 3 * 4 * 4 + 4
     assert all(0 < ms < 100 for grid in table.grids.values() for row in grid.ms for ms in row)
     assert table(attention, 3, 64) < table(attention, 12, 64) and table(spelled, 3, 64) < table(spelled, 12, 64)
+    assert table(norm, 24, 24) < table(norm, 96, 96)
 
 
 class Grouped(torch.nn.Module):
