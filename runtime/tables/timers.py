@@ -27,7 +27,10 @@ from prunefx.runtime.tables.table_model import entry_of, table_model
 # sweeps of a table timed on the CPU: the median of three made two builds' entries agree far better but chose no
 # faster channels than one reading, at three times the cost (docs/benchmarks/latency-aware-choice.md)
 CPU_SWEEPS = 1
-CHUNK_BYTES = 512 * 2 ** 20  # weights of the entries one model of a table holds (a ViT-L's table holds about 1 GB)
+# weights of the entries one model of a table holds: what a run pushes out of the caches between two runs of an entry
+# (more than a CPU's last-level cache), and the memory the timing takes (a few times it; a ResNet-50's table holds
+# about 430 MB, a ViT-L's more)
+CHUNK_BYTES = 512 * 2 ** 20
 
 
 def cpu_model(cpuinfo: str | None = None) -> str:
