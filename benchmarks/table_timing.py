@@ -43,8 +43,9 @@ from prunefx.runtime.tables.table import LatencyTable, build_latency_table
 from prunefx.runtime.tables.timers import OnnxRuntimeLayerTimer
 
 NAME = "table_timing"
+# (entries side by side in one model, sweeps); "together, 1 reading" is prunefx's
 KINDS = {"alone, 1 reading": (False, 1), "alone, 3 sweeps": (False, 3), "together, 1 reading": (True, 1),
-         "together, 3 sweeps": (True, 3)}  # (entries side by side in one model, sweeps); "together, 1 reading": prunefx's
+         "together, 3 sweeps": (True, 3)}
 SHORT = {"alone": "alone, 1 reading", "alone-3": "alone, 3 sweeps", "together": "together, 1 reading",
          "together-3": "together, 3 sweeps"}  # --kinds
 APART = 0.10    # an entry this far from its twin in another build counts as apart
@@ -59,10 +60,12 @@ class OneAtATime(OnnxRuntimeLayerTimer):
 def build(dense: Program, kind: str, args) -> tuple[LatencyTable, float]:
     """A table of every timed layer, timed afresh (a cache folder of its own); its build seconds."""
     together, sweeps = KINDS[kind]
-    timer = (OnnxRuntimeLayerTimer if together else OneAtATime)(threads=args.threads, warmup=3, runs=10, sweeps=sweeps)
+    kind_of_timer = OnnxRuntimeLayerTimer if together else OneAtATime
+    timer = kind_of_timer(threads=args.threads, warmup=3, runs=10, sweeps=sweeps)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
-        table = build_latency_table(timed_layers(dense.module), timer, multiple=args.round_to, batch=1, cache_dir=folder)
+        table = build_latency_table(timed_layers(dense.module), timer, multiple=args.round_to, batch=1,
+                                    cache_dir=folder)
     return table, time.perf_counter() - started
 
 

@@ -5,6 +5,8 @@ weights, batch norm and attention score terms, so that both backends time the sa
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 import torch
@@ -21,15 +23,18 @@ NORM_EPS = 1e-5
 def _weights(layer: TimedLayer) -> tuple[np.ndarray, np.ndarray | None]:
     """Random weights of the layer's shape (their values do not change its time) and a bias if it has one."""
     rng = np.random.default_rng(0)
-    if layer.kind == "conv2d":
-        shape: tuple[int, ...] = (layer.out_channels, layer.in_channels // layer.groups, *layer.kernel)
-    elif layer.kind == "layer_norm":  # its scale
-        shape = (layer.in_channels,)
-    else:
-        shape = (layer.out_channels, layer.in_channels)
-    weight = (0.05 * rng.standard_normal(shape)).astype(np.float32)
+    weight = (0.05 * rng.standard_normal(_weight_shape(layer))).astype(np.float32)
     bias = (0.05 * rng.standard_normal(layer.out_channels)).astype(np.float32) if layer.bias else None
     return weight, bias
+
+
+def _weight_shape(layer: TimedLayer) -> tuple[int, ...]:
+    """The shape of a convolution's, linear layer's or layer norm's weight (a layer norm's: its scale)."""
+    if layer.kind == "conv2d":
+        return (layer.out_channels, layer.in_channels // layer.groups, *layer.kernel)
+    if layer.kind == "layer_norm":
+        return (layer.in_channels,)
+    return (layer.out_channels, layer.in_channels)
 
 
 def weight_bytes(layer: TimedLayer) -> int:
@@ -37,9 +42,7 @@ def weight_bytes(layer: TimedLayer) -> int:
     if layer.kind in ATTENTION_KINDS:
         _, heads, tokens, _ = layer.input_shape
         return 4 * layer.score_terms * heads * tokens * key_shape(layer)[2]
-    if layer.kind == "conv2d":
-        return 4 * layer.out_channels * layer.in_channels // layer.groups * int(np.prod(layer.kernel))
-    return 4 * layer.in_channels * (1 if layer.kind == "layer_norm" else layer.out_channels)
+    return 4 * math.prod(_weight_shape(layer))
 
 
 def _norm(layer: TimedLayer) -> tuple[np.ndarray, ...]:

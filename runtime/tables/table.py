@@ -1,9 +1,10 @@
-"""A per-layer latency table: each timed layer of a Program (2-D convolutions, linear layers, attention, layer norms; see
-graph/channels/timed_layers.py) timed on a backend at the widths pruning can give it, cached on disk per
+"""A per-layer latency table: each timed layer of a Program (2-D convolutions, linear layers, attention, layer
+norms; see graph/channels/timed_layers.py) timed on a backend at the widths pruning can give it, cached on disk per
 device, and handed to channel selection as remove_channels' `latency_table` (its `layer_time` target).
 
 Layers are timed without their neighbours (no traffic between them or fusions: a table only chooses channels, a
-whole-model measurement confirms), one at a time or a sweep's entries together (a timer's `time_all`), on a grid of the backend's multiples, interpolated bilinearly between grid points.
+whole-model measurement confirms), one at a time or a sweep's entries together (a timer's `time_all`), on a grid
+of the backend's multiples, interpolated bilinearly between grid points.
 The grid, the interpolation and the cache: see docs/algorithms.md, 'Latency tables'.
 """
 
@@ -154,20 +155,7 @@ def build_latency_table(layers: Sequence[TimedLayer], timer: LayerTimer, *, mult
     cache = LatencyCache(identity, cache_dir)
     planned = {layer.name: _planned(layer.with_batch(batch) if batch is not None else layer, multiple, max_ratio,
                                     points) for layer in layers}
-    known: dict[str, float] = {}  # geometry -> ms, read from the cache
-    missing: dict[str, list[TimedLayer]] = {}  # layer name -> the entries it is the first to need
-    needed: set[str] = set()
-    for name, grid in planned.items():
-        for entry in (entry for row in grid.rows for entry in row):
-            geometry = entry.geometry()
-            if geometry in known or geometry in needed:
-                continue
-            ms = cache.get(geometry)
-            if ms is not None:
-                known[geometry] = ms
-            else:
-                needed.add(geometry)
-                missing.setdefault(name, []).append(entry)
+    known, missing = _cached_and_missing(planned, cache)
     timed = _swept(timer, [layer.name for layer in layers], missing, getattr(timer, "sweeps", 1))
     for geometry, ms in timed.items():
         cache.put(geometry, ms)
@@ -189,6 +177,27 @@ def build_latency_table(layers: Sequence[TimedLayer], timer: LayerTimer, *, mult
     again = functools.partial(build_latency_table, timer=timer, multiple=multiple, max_ratio=max_ratio, points=points,
                               batch=batch, cache_dir=cache_dir)
     return LatencyTable(tables, identity, measured=measured, cached=cached, seconds=seconds, batch=batch, build=again)
+
+
+def _cached_and_missing(planned: dict[str, _Planned], cache: LatencyCache) -> tuple[dict[str, float],
+                                                                                     dict[str, list[TimedLayer]]]:
+    """The entries' times the cache holds (by geometry), and the entries it lacks by the layer that needs each first
+    (an entry of several layers, or of one layer's grid twice, is timed once)."""
+    known: dict[str, float] = {}
+    missing: dict[str, list[TimedLayer]] = {}
+    needed: set[str] = set()
+    for name, grid in planned.items():
+        for entry in (entry for row in grid.rows for entry in row):
+            geometry = entry.geometry()
+            if geometry in known or geometry in needed:
+                continue
+            ms = cache.get(geometry)
+            if ms is not None:
+                known[geometry] = ms
+            else:
+                needed.add(geometry)
+                missing.setdefault(name, []).append(entry)
+    return known, missing
 
 
 def _swept(timer: LayerTimer, names: list[str], missing: dict[str, list[TimedLayer]], sweeps: int) -> dict[str, float]:

@@ -38,9 +38,8 @@ def table_model(entries: list[TimedLayer]) -> tuple[onnx.ModelProto, dict]:
     """The model running every entry, and its feed: entry i's inputs and names under prefix_of(i)."""
     nodes, inputs, outputs, initializers, feed = [], [], [], [], {}
     for index, layer in enumerate(entries):
-        convolution = layer.kind == "conv2d"
-        graph = onnx.compose.add_prefix(layer_model(layer, lead_in=convolution), prefix_of(index)).graph
-        prefix = prefix_of(index)
+        convolution, prefix = layer.kind == "conv2d", prefix_of(index)
+        graph = onnx.compose.add_prefix(layer_model(layer, lead_in=convolution), prefix).graph
         if not convolution:  # a lead-in writes x (its values negated: a layer's time does not depend on them)
             _rename_input(graph, f"{prefix}x", f"{prefix}source")
             nodes.append(helper.make_node("Neg", [f"{prefix}source"], [f"{prefix}x"], name=f"{prefix}{LEAD}"))

@@ -67,7 +67,7 @@ class OnnxRuntimeLayerTimer:
                          "layout reorders, convolutions after a lead-in, a table's entries run together"
                          + ("" if spinning else ", not spinning")
                          + ("" if self.flush_denormals else ", subnormals kept")  # a table of each is its own
-                         + _swept(sweeps))
+                         + _sweeps_named(sweeps))
         self._warmed = False
 
     def __call__(self, layer: TimedLayer) -> float:
@@ -98,7 +98,7 @@ class OnnxRuntimeLayerTimer:
                                     warmup=self.warmup, runs=self.runs, lead=int(lead_in))
 
 
-def _swept(sweeps: int) -> str:
+def _sweeps_named(sweeps: int) -> str:
     """What a timer's settings say of its sweeps: an entry's median of several is another entry than one reading."""
     return f", median of {sweeps} sweeps" if sweeps > 1 else ""
 
@@ -129,7 +129,7 @@ class TorchLayerTimer:
 
     def __init__(self, *, time_module: TimeModule | None = None, device: str | None = None,
                  torch_device: str = "cpu", precision: str = "fp32", backend: str = "torch",
-                 settings: str | None = None, warmup: int = 3, runs: int = 10, sweeps: int | None = None):
+                 settings: str | None = None, warmup: int = 3, runs: int = 10, sweeps: int = CPU_SWEEPS):
         if time_module is None and torch.device(torch_device).type != "cpu":
             # the eager timer reads the host's clock, which a GPU's queued kernels do not stop: launches, not work
             raise ValueError(f"TorchLayerTimer times eagerly on the CPU only; on {torch_device} give a time_module "
@@ -138,9 +138,9 @@ class TorchLayerTimer:
         self.time_module = time_module or self._eager
         self.device = device or cpu_model()
         self.warmup, self.runs = warmup, runs
-        self.sweeps = sweeps if sweeps is not None else CPU_SWEEPS if time_module is None else 1
+        self.sweeps = sweeps
         self.settings = (settings or f"torch {torch.__version__}, {counted(torch.get_num_threads(), 'thread')}") + \
-            _swept(self.sweeps)
+            _sweeps_named(self.sweeps)
 
     def __call__(self, layer: TimedLayer) -> float:
         module = LayerModule(layer).to(self.torch_device).eval()
