@@ -17,7 +17,7 @@ import torch
 
 from prunefx.graph.activations import within_budget
 from prunefx.graph.layer_inputs import InputSpec
-from prunefx.graph.numerics.symmetric_product import add_upper_gram, mirror_upper
+from prunefx.graph.numerics.symmetric_product import add_upper_gram, fill_upper_from_lower, mirror_upper
 from prunefx.graph.staged_run import StagedRun
 
 _HESSIAN_BUDGET = 1 << 28  # bytes of float64 Hessians held at once (256 MiB)
@@ -106,11 +106,9 @@ class PackedHessian:
         """H in float64, symmetric, on the device it was gathered on."""
         size, data = self.size, self._packed()
         hessian = torch.empty((size, size), dtype=torch.float64)
-        for row, start in enumerate(self._starts()):
-            part = data[start:start + size - row]
-            hessian[row, row:] = part
-            hessian[row:, row] = part
-        return hessian.to(self.device)
+        for row, start in enumerate(self._starts()):  # rows, not columns too: a column's write is strided
+            hessian[row, row:] = data[start:start + size - row]
+        return fill_upper_from_lower(hessian.mT).mT.to(self.device)
 
 
 def _packed(hessian: torch.Tensor, dtype: torch.dtype, cache: dict) -> PackedHessian:

@@ -79,8 +79,9 @@ def test_hessians_gathered_a_chunk_at_a_time_equal_those_gathered_at_once(monkey
         torch.testing.assert_close(chunked[spec], hessian, rtol=1e-12, atol=1e-12)
 
 
-def test_a_packed_hessian_is_the_hessian_rounded_to_float32_in_a_quarter_of_its_bytes():
-    x = torch.randn(300, 70, dtype=torch.float64)
+@pytest.mark.parametrize("columns", [70, 1100])  # 1100: past the blocks the unpacking mirrors a triangle in
+def test_a_packed_hessian_is_the_hessian_rounded_to_float32_in_a_quarter_of_its_bytes(columns):
+    x = torch.randn(300, columns, dtype=torch.float64)
     hessian = x.t() @ x
     hessian = (hessian + hessian.t()) / 2  # a product's rounding is not symmetric; a gathered H is
     packed = PackedHessian(hessian, torch.float32)

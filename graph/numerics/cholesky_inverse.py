@@ -15,7 +15,8 @@ import os
 import torch
 from scipy.linalg import lapack
 
-_BLOCK = 512  # rows mirrored at a time
+from prunefx.graph.numerics.symmetric_product import fill_upper_from_lower
+
 # threadpoolctl's import sets KMP_DUPLICATE_LIB_OK=True in the process's environment, where every process it
 # starts (a measuring worker, trtexec) inherits it: Intel's OpenMP would then load twice without a word
 _ENVIRONMENT_KEY = "KMP_DUPLICATE_LIB_OK"
@@ -46,7 +47,7 @@ def cholesky_inverse_(factor: torch.Tensor) -> torch.Tensor:
     _, info = lapack.dpotri(factor.numpy().T, lower=0, overwrite_c=1)
     if info != 0:
         raise torch.linalg.LinAlgError(f"dpotri failed (info {info})")
-    return _mirror_lower(factor)
+    return fill_upper_from_lower(factor)
 
 
 def symmetric_inverse_(square: torch.Tensor) -> bool:
@@ -66,23 +67,12 @@ def symmetric_inverse_(square: torch.Tensor) -> bool:
     with _THREADPOOLS.limit(limits=1, user_api="blas"):
         _, info = lapack.dpotrf(fortran, lower=1, clean=0, overwrite_a=1)
     if info != 0:
-        _mirror_lower(square)  # the upper triangle back from the lower one, which LAPACK did not touch
+        fill_upper_from_lower(square)  # the upper triangle back from the lower one, which LAPACK did not touch
         square.diagonal().copy_(diagonal)
         return False
     _, info = lapack.dpotri(fortran, lower=1, overwrite_c=1)
     if info != 0:
         raise torch.linalg.LinAlgError(f"dpotri failed (info {info})")
-    _mirror_lower(square.mT)  # the inverse is in row-major's upper triangle
+    fill_upper_from_lower(square.mT)  # the inverse is in row-major's upper triangle
     return True
 
-
-def _mirror_lower(square: torch.Tensor) -> torch.Tensor:
-    """Fill the upper triangle of `square` from its lower one, in place, a block of rows at a time."""
-    size = square.shape[0]
-    for start in range(0, size, _BLOCK):
-        stop = min(start + _BLOCK, size)
-        square[start:stop, stop:] = square[stop:, start:stop].t()
-        diagonal = square[start:stop, start:stop]
-        upper = torch.triu_indices(stop - start, stop - start, 1)
-        diagonal[upper[0], upper[1]] = diagonal[upper[1], upper[0]]
-    return square

@@ -13,6 +13,7 @@ import torch
 
 BLOCK_ROWS = 8
 MIN_WIDTH = 64  # narrower blocks multiply far below the product's speed
+TRIANGLE_BLOCK = 512  # rows mirrored at a time by fill_upper_from_lower
 
 
 def _edges(columns: int) -> list[int]:
@@ -43,6 +44,19 @@ def mirror_upper(gram: torch.Tensor) -> torch.Tensor:
     for start, stop in zip(edges, edges[1:]):
         gram[stop:, start:stop] = gram[start:stop, stop:].t()
     return gram
+
+
+def fill_upper_from_lower(square: torch.Tensor) -> torch.Tensor:
+    """Fill the upper triangle of `square` from its lower one, in place, a block of rows at a time (on its
+    transpose `.mT`: the lower from the upper)."""
+    size = square.shape[0]
+    for start in range(0, size, TRIANGLE_BLOCK):
+        stop = min(start + TRIANGLE_BLOCK, size)
+        square[start:stop, stop:] = square[stop:, start:stop].t()
+        diagonal = square[start:stop, start:stop]
+        upper = torch.triu_indices(stop - start, stop - start, 1)
+        diagonal[upper[0], upper[1]] = diagonal[upper[1], upper[0]]
+    return square
 
 
 def symmetric_trace(matrix: torch.Tensor, symmetric: torch.Tensor) -> float:
