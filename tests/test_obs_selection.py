@@ -392,6 +392,33 @@ def test_a_steps_errors_are_read_at_once_and_blocks_not_positive_definite_are_so
     assert carried == [0.75, 0.5]  # a step's increase read in the same copy
 
 
+def _tensors_held(term) -> list[torch.Tensor]:
+    """The tensors an error term keeps alive: its values and what its exact solve would read."""
+    held = [value for value in (term.values, term.usable) if isinstance(value, torch.Tensor)]
+    if term.exact is not None:
+        cells = [cell.cell_contents for cell in term.exact.__closure__ or ()]
+        held += [value for value in (*(term.exact.__defaults__ or ()), *cells) if isinstance(value, torch.Tensor)]
+    return held
+
+
+@pytest.mark.parametrize("widths", [[1] * 40, [2] * 20])  # one column a channel (a division), two (2 x 2 blocks)
+def test_a_steps_error_terms_hold_no_copy_of_the_layers_weights_and_solve_exactly_when_asked(widths):
+    """A step holds every layer's terms until it reads them all (a ViT-L residual stream: 49 layers): a term keeps
+    its values and indices, not the weights it gathered (about the layer's weight matrix each); its exact solve
+    gathers them again and agrees with the fast path on positive definite blocks."""
+    rng = np.random.default_rng(5)
+    state = _states([_random_layer(rng, widths, 10, 64)])[0]
+    terms = state.error_terms(np.ones(len(widths), dtype=bool))
+    own = {tensor.untyped_storage().data_ptr() for tensor in (state.base, state.columns_major, state.place,
+                                                             *(t for bucket in state.buckets for t in bucket[1:]))}
+    weights_bytes = state.columns_major.numel() * state.columns_major.element_size()
+    for term in terms:
+        copies = [t for t in _tensors_held(term) if t.untyped_storage().data_ptr() not in own]
+        assert sum(t.numel() * t.element_size() for t in copies) < weights_bytes / 4
+        assert bool(term.usable)
+        torch.testing.assert_close(term.exact(), term.values, rtol=1e-9, atol=0)
+
+
 def test_compensation_after_obs_reports_what_it_reports_alone(monkeypatch):
     """The obs importance leaves each layer's output energy in the Hessian cache it shares with the
     compensation: the errors the compensation reports are those it computes on its own."""

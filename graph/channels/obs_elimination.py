@@ -58,8 +58,8 @@ def eliminate(size: int, layers: list[LayerState], *, steps: str = "exact",
     total, removed = 0.0, 0
     scored = None  # the step before: (its channels, its increase, unread, their single errors)
     while alive.any():
-        terms = [term for layer in layers for term in layer.error_terms(alive)]
-        errors, increases = read_terms(terms, size, () if scored is None else (scored[1],))  # one read a step
+        errors, increases = read_terms([term for layer in layers for term in layer.error_terms(alive)], size,
+                                       () if scored is None else (scored[1],))  # one read a step
         if scored is not None:
             total = _score(scores, total, scored[0], increases[0], scored[2])
         errors[~alive] = np.inf

@@ -67,12 +67,16 @@ class LayerState:
             if not rows.size:
                 continue
             rows_t = _on(index.device, rows)
-            weights = self.columns_major[self.place[index.index_select(0, rows_t)]]  # [n, s, outputs]
-            kept_blocks = blocks.index_select(0, rows_t)
-            values, usable = _quadratic_forms_unchecked(kept_blocks, weights)
+            values, usable = _quadratic_forms_unchecked(*self._gathered(index, blocks, rows_t))
+            # gathered again if ever needed, not held: a step holds every layer's terms until it reads them (a
+            # ViT-L residual stream's 49 layers would hold 49 copies of their weights at once)
             terms.append(ErrorTerm(channels[rows], self.energy, values, usable,
-                                   lambda b=kept_blocks, w=weights: _quadratic_forms(b, w)))
+                                   lambda i=index, b=blocks, r=rows_t: _quadratic_forms(*self._gathered(i, b, r))))
         return terms
+
+    def _gathered(self, index: torch.Tensor, blocks: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The diagonal blocks [n, s, s] and the weights [n, s, outputs] of a bucket's channels at `rows`."""
+        return blocks.index_select(0, rows), self.columns_major[self.place[index.index_select(0, rows)]]
 
     def joint_error(self, channels) -> float:
         """The joint dE / energy of removing the columns S of `channels` at once, trace(M_S [(H^-1)_SS]^-1
