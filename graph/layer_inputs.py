@@ -81,6 +81,9 @@ class Consumer:
 
 # --- which layers read channels ------------------------------------------------------------------------
 
+_NO_COLUMNS = np.zeros(0, dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class LayerInput:
     """A layer that reads channels through a weight: the channel class of each column of its weight
@@ -96,18 +99,21 @@ class LayerInput:
 
     def column_indices(self, classes: np.ndarray) -> np.ndarray:
         """The indices of the columns that carry any of `classes`, ascending. Read once per channel of every
-        group: the columns are sorted by class once (_by_class), so each read costs its own columns alone, where
-        a scan of every column per channel grew as channels x columns (a ViT-L MLP: 4096 x 4096 per layer)."""
-        order, ordered_classes = self._by_class
-        wanted = np.unique(classes)
-        starts = np.searchsorted(ordered_classes, wanted, side="left")
-        ends = np.searchsorted(ordered_classes, wanted, side="right")
-        return np.sort(np.concatenate([order[start:end] for start, end in zip(starts, ends)] or [order[:0]]))
+        group: the columns are grouped by class once (_columns_by_class), so each read costs its own columns
+        alone, where a scan of every column per channel grew as channels x columns (a ViT-L MLP: 4096 x 4096)."""
+        by_class = self._columns_by_class
+        if classes.size == 1:  # most channels: one class, its columns looked up (a ViT-L reads 150k of them)
+            return by_class.get(int(classes[0]), _NO_COLUMNS)
+        found = [by_class.get(cls, _NO_COLUMNS) for cls in np.unique(classes).tolist()]
+        return np.sort(np.concatenate(found or [_NO_COLUMNS]))
 
     @functools.cached_property
-    def _by_class(self) -> tuple[np.ndarray, np.ndarray]:
+    def _columns_by_class(self) -> dict[int, np.ndarray]:
+        """class -> its columns, ascending (a stable sort of the columns by class, cut where the class changes);
+        shared by every caller, which must not write them."""
         order = np.argsort(self.column_classes, kind="stable")
-        return order, self.column_classes[order]
+        classes, starts = np.unique(self.column_classes[order], return_index=True)
+        return dict(zip(classes.tolist(), np.split(order, starts[1:])))
 
 
 def layer_inputs(module: torch.fx.GraphModule, analysis: ChannelAnalysis) -> list[LayerInput]:

@@ -61,13 +61,20 @@ class LayerState:
     def error_terms(self, alive: np.ndarray) -> list[ErrorTerm]:
         """dE of removing each alive channel (alone) from the current state, per bucket, left on the device:
         `eliminate` reads every layer's at once (read_terms)."""
-        terms = []
+        terms, squared_norms = [], None
         for channels, index, blocks in self.buckets:
             rows = np.flatnonzero(alive[channels])
             if not rows.size:
                 continue
             rows_t = _on(index.device, rows)
-            values, usable = _quadratic_forms_unchecked(*self._gathered(index, blocks, rows_t))
+            if index.shape[1] == 1:  # one column a channel: its weights' squared norm over its 1 x 1 block
+                if squared_norms is None:  # every row's, read in place: no gathered copy of the weights
+                    squared_norms = torch.linalg.vector_norm(self.columns_major, dim=1).square()
+                kept_blocks = blocks.index_select(0, rows_t)
+                values = squared_norms[self.place[index[:, 0].index_select(0, rows_t)]] / kept_blocks[:, 0, 0]
+                usable = (kept_blocks > 0).all()
+            else:
+                values, usable = _quadratic_forms_unchecked(*self._gathered(index, blocks, rows_t))
             # gathered again if ever needed, not held: a step holds every layer's terms until it reads them (a
             # ViT-L residual stream's 49 layers would hold 49 copies of their weights at once)
             terms.append(ErrorTerm(channels[rows], self.energy, values, usable,
@@ -286,8 +293,6 @@ def _quadratic_forms(blocks: torch.Tensor, weights: torch.Tensor) -> torch.Tenso
 def _quadratic_forms_unchecked(blocks: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """_quadratic_forms' fast path, without reading whether it applies: (values, a 0-d tensor saying whether every
     block is positive: the values stand; where not, _quadratic_forms gives them)."""
-    if blocks.shape[1] == 1:
-        return weights.square().sum(dim=(1, 2)) / blocks[:, 0, 0], (blocks > 0).all()
     factor, info = torch.linalg.cholesky_ex(blocks)
     products = torch.bmm(weights, weights.transpose(1, 2))
     return (torch.cholesky_inverse(factor) * products).sum(dim=(1, 2)), (info == 0).all()
