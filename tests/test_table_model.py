@@ -104,3 +104,27 @@ def test_the_table_hands_each_sweep_s_entries_to_the_timer_at_once(tmp_path):
     assert len(timer.calls[0]) == len(set(timer.calls[0])) == table.measured  # "b" is "a"'s geometry: once
     assert table(layers[1], 16, 8) == pytest.approx(16 + 2)  # the median of the three sweeps' readings
     assert table(layers[2], 24, 24) == pytest.approx(24 + 2)
+
+
+MEMORY_PROBE = """
+import resource, sys
+from prunefx.graph.channels.timed_layers import TimedLayer
+from prunefx.runtime.tables.layer_models import weight_bytes
+from prunefx.runtime.tables.table_model import table_model
+entries = [TimedLayer(f"l{i}", "linear", (1, 8, 1024), 4096, True) for i in range(12)]
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+model, feed = table_model(entries)
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+print(grown / sum(weight_bytes(entry) for entry in entries))
+"""
+
+
+def test_the_table_model_holds_its_entries_weights_about_once_while_it_is_built():
+    """A ViT-L's table holds 512 MB of weights a model: each entry is copied into the table as it is made and dropped,
+    not held in its own model until the table copies them all (three times the weights at the peak). Its own process:
+    the peak resident set is the process's."""
+    import subprocess
+    import sys
+
+    found = subprocess.run([sys.executable, "-c", MEMORY_PROBE], capture_output=True, text=True, check=True)
+    assert float(found.stdout.strip()) < 1.8

@@ -35,24 +35,25 @@ def entry_of(node: str) -> int | None:
 
 
 def table_model(entries: list[TimedLayer]) -> tuple[onnx.ModelProto, dict]:
-    """The model running every entry, and its feed: entry i's inputs and names under prefix_of(i)."""
-    nodes, inputs, outputs, initializers, feed = [], [], [], [], {}
+    """The model running every entry, and its feed: entry i's inputs and names under prefix_of(i). Each entry is
+    copied into the one graph as it is made and dropped: the weights are held once (a table's hundreds of MB), not
+    once in every entry's model and again in the table's."""
+    table = helper.make_model(helper.make_graph([], "table", [], []), opset_imports=[helper.make_opsetid("", OPSET)],
+                              ir_version=IR_VERSION)
+    feed = {}
     for index, layer in enumerate(entries):
         convolution, prefix = layer.kind == "conv2d", prefix_of(index)
-        graph = onnx.compose.add_prefix(layer_model(layer, lead_in=convolution), prefix).graph
+        graph = onnx.compose.add_prefix(layer_model(layer, lead_in=convolution), prefix, inplace=True).graph
         if not convolution:  # a lead-in writes x (its values negated: a layer's time does not depend on them)
             _rename_input(graph, f"{prefix}x", f"{prefix}source")
-            nodes.append(helper.make_node("Neg", [f"{prefix}source"], [f"{prefix}x"], name=f"{prefix}{LEAD}"))
+            table.graph.node.append(helper.make_node("Neg", [f"{prefix}source"], [f"{prefix}x"], name=f"{prefix}{LEAD}"))
         for number, node in enumerate(graph.node):
             node.name = node.name or f"{prefix}{LEAD if node.output[0] == prefix + LEAD else 'n'}{number}"
-        nodes += graph.node
-        inputs += graph.input
-        outputs += graph.output
-        initializers += graph.initializer
+        for field in ("node", "input", "output", "initializer"):
+            getattr(table.graph, field).extend(getattr(graph, field))
         feed.update({f"{prefix}{name}" if convolution or name != "x" else f"{prefix}source": value
                      for name, value in layer_feed(layer).items()})
-    graph = helper.make_graph(nodes, "table", inputs, outputs, initializers)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION), feed
+    return table, feed
 
 
 def _rename_input(graph: onnx.GraphProto, old: str, new: str) -> None:
