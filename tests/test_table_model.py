@@ -4,6 +4,9 @@ model computes each entry as its own one-layer model does, each entry's time is 
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -123,8 +126,5 @@ def test_the_table_model_holds_its_entries_weights_about_once_while_it_is_built(
     """A ViT-L's table holds 512 MB of weights a model: each entry is copied into the table as it is made and dropped,
     not held in its own model until the table copies them all (three times the weights at the peak). Its own process:
     the peak resident set is the process's."""
-    import subprocess
-    import sys
-
     found = subprocess.run([sys.executable, "-c", MEMORY_PROBE], capture_output=True, text=True, check=True)
     assert float(found.stdout.strip()) < 1.8
