@@ -373,3 +373,26 @@ def test_the_landing_search_finds_every_drop_that_lands_measuring_few(seed):
     jagged = {d.width: float(v) for d, v in zip(drops, rng.permutation(list(rising.values())))}
     assert _landing(drops, lambda d: jagged[d.width], low, high, counted=False) == [
         d for d in drops if low <= jagged[d.width] <= high]
+
+
+def test_many_widths_are_priced_at_once_as_one_at_a_time():
+    """times_at_many and macs_at_many (a knapsack's lookups of every narrower width of a group at once) give what
+    time_at and macs_at give width by width: first priced, then from the memo; a width out of range is refused."""
+    torch.manual_seed(0)
+    program = capture(build_model("prunefx:vit_tiny_fmnist").module.eval(), torch.randn(2, 1, 28, 28)).eval()
+    combing = find_channel_groups(program.module)
+    latency = Selector(program.module, combing, [np.ones(g.size) for g in combing.groups], round_to=4,
+                       layer_time=stairs).latency
+    rng = np.random.default_rng(1)
+    indices = list(range(len(latency.layers)))
+    dense = np.array([[layer.in_channels, layer.out_channels] for layer in latency.layers])
+    for _ in range(2):  # priced, then looked up
+        ins = rng.integers(1, dense[:, :1] + 1, (len(indices), 7))
+        outs = rng.integers(1, dense[:, 1:] + 1, (len(indices), 7))
+        times, macs = latency.times_at_many(indices, ins, outs), latency.macs_at_many(indices, ins, outs)
+        for row, index in enumerate(indices):
+            for j in range(7):
+                assert times[row, j] == latency.time_at(index, int(ins[row, j]), int(outs[row, j]))
+                assert macs[row, j] == latency.macs_at(index, int(ins[row, j]), int(outs[row, j]))
+    with pytest.raises(PrunefxError, match="out of range"):
+        latency.times_at_many([0], np.array([[-1]]), np.array([[4]]))

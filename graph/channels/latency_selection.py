@@ -190,11 +190,16 @@ class LatencyKnapsack:
         widths = np.array(plan_widths, dtype=np.int64).reshape(-1)  # in, out, in, ...
         lost = np.cumsum(np.concatenate([np.zeros((len(counted), 1), dtype=np.int64),
                                          counted * alive[ranked]], axis=1), axis=1)  # [dim, classes gone]
-        for width in narrower:
-            left = widths - lost[:, size - width]
-            pairs = list(zip(left[0::2].tolist(), left[1::2].tolist()))
-            times = [self.latency.time_at(layer, *pair) for layer, pair in zip(layers, pairs)]
-            yield width, np.array(times, dtype=np.float64).sum(), self._macs(layers, pairs)  # summed as layer_ms's are
+        if not narrower:
+            return
+        left = widths[:, None] - lost[:, size - np.array(narrower)]                   # [in, out, in, ..., widths]
+        ins, outs = left[0::2], left[1::2]
+        # every width's times summed over the layers as layer_ms's are (numpy's sum of a row), its MACs as _macs's
+        # (one after the other): the same floats as pricing one width at a time
+        times = np.ascontiguousarray(self.latency.times_at_many(layers, ins, outs).T).sum(axis=1)
+        macs = np.cumsum(self.latency.macs_at_many(layers, ins, outs), axis=0)[-1]
+        for width, ms, counted_macs in zip(narrower, times.tolist(), macs.tolist()):
+            yield width, ms, counted_macs
 
 
 def _landing(drops: list[Drop], after: Callable[[Drop], float], low: float, high: float, counted: bool) -> list[Drop]:

@@ -30,22 +30,28 @@ class CostModel:
         self._index_labelled_dims()
 
     def _index_labelled_dims(self) -> None:
-        """The classes of every dim of every node a cost reads whose dims are all labelled, laid end to
-        end: `_dims[node]` is (first dim, number of dims) into the dims, `_bounds` each dim's span."""
+        """The classes of every dim of every node a cost reads whose dims are all labelled: `_dims[node]` is (first
+        dim, number of dims) into the dims, `_dim_span[dim]` the dim's span of classes, each distinct span laid once
+        end to end in `_classes` (`_bounds` its spans): a ViT-L's 1,372 dims hold 128 distinct spans (a residual
+        stream's every node alike), 0.1 M classes instead of 1.2 M to count for every plan priced."""
         queried = dict.fromkeys(self.parameter_nodes)
         for node in self.mac_nodes:
             queried[node] = None
             queried.update(dict.fromkeys(node.all_input_nodes))
         self._dims: dict[torch.fx.Node, tuple[int, int]] = {}
-        spans: list[np.ndarray] = []
+        spans: dict[bytes, tuple[int, np.ndarray]] = {}  # a span's classes as bytes -> (its number, the classes)
+        dim_span: list[int] = []
         for node in queried:
             labels = self.analysis.node_labels.get(node)
             if isinstance(labels, list) and all(isinstance(dim, np.ndarray) for dim in labels):
-                self._dims[node] = (len(spans), len(labels))
-                spans.extend(self.analysis.classes[dim].ravel() for dim in labels)
-        lengths = np.array([span.size for span in spans], dtype=np.int64)
-        self._bounds = np.concatenate([[0], np.cumsum(lengths)])
-        self._classes = np.concatenate(spans) if spans else np.zeros(0, dtype=np.int64)
+                self._dims[node] = (len(dim_span), len(labels))
+                for dim in labels:
+                    classes = np.ascontiguousarray(self.analysis.classes[dim].ravel(), dtype=np.int64)
+                    dim_span.append(spans.setdefault(classes.tobytes(), (len(spans), classes))[0])
+        self._dim_span = np.array(dim_span, dtype=np.int64)
+        distinct = [classes for _, classes in spans.values()]
+        self._bounds = np.concatenate([[0], np.cumsum([span.size for span in distinct], dtype=np.int64)])
+        self._classes = np.concatenate(distinct) if distinct else np.zeros(0, dtype=np.int64)
 
     def dim_classes(self, node, axis: int) -> np.ndarray | None:
         """The class of every index of dim `axis` of `node`, None where it is unlabelled (read from the analysis
@@ -56,15 +62,15 @@ class CostModel:
             if not isinstance(labels, list) or not all(isinstance(dim, np.ndarray) for dim in labels):
                 return None
             return self.analysis.classes[labels[axis]].ravel()
-        dim = where[0] + axis % where[1]
-        return self._classes[self._bounds[dim]: self._bounds[dim + 1]]
+        span = self._dim_span[where[0] + axis % where[1]]
+        return self._classes[self._bounds[span]: self._bounds[span + 1]]
 
     def shape_of(self, removed_mask: np.ndarray) -> ShapeOf:
         """The shape every node that computes (and each of its inputs) has after the removal; other nodes
         and values keep the shape their metadata records."""
         survives = ~expand_mask(self.analysis, removed_mask)
         running = np.concatenate([[0], np.cumsum(survives[self._classes], dtype=np.int64)])
-        widths = (running[self._bounds[1:]] - running[self._bounds[:-1]]).tolist()
+        widths = (running[self._bounds[1:]] - running[self._bounds[:-1]])[self._dim_span].tolist()
 
         def shape(arg):
             where = self._dims.get(arg) if isinstance(arg, torch.fx.Node) else None

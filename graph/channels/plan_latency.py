@@ -62,6 +62,8 @@ class PlanLatency:
             "a timed attention's node is one"
         self.dense_macs = [layer_macs(node, found) for node, found in zip(self.nodes, attentions)]
         self._memo: dict[tuple[int, int, int], float] = {}
+        # the memo's keys packed in one sorted array beside their times, for lookups of many widths at once
+        self._packed_keys, self._packed_times = np.zeros(0, dtype=np.int64), np.zeros(0)
         self._index_widths(attentions)
         self.dense_layers = self.layer_ms(np.zeros(cost_model.classes, dtype=bool))
         self.dense_ms = float(self.dense_layers.sum())
@@ -124,6 +126,43 @@ class PlanLatency:
         reads = 1 if depthwise else in_width / layer.groups
         return self.dense_macs[index] * reads / (layer.in_channels / layer.groups) * out_width / layer.out_channels
 
+    def macs_at_many(self, indices: list[int], ins: np.ndarray, outs: np.ndarray) -> np.ndarray:
+        """macs_at of layer indices[l] at every (ins[l, j], outs[l, j]), [layers, widths], each value as macs_at
+        computes it (its operations in its order)."""
+        result = np.zeros(ins.shape)
+        for row, index in enumerate(indices):
+            layer = self.layers[index]
+            if not layer.in_channels or not layer.out_channels:
+                continue
+            depthwise = layer.groups > 1 and layer.groups == layer.in_channels
+            reads = np.ones(ins.shape[1]) if depthwise else ins[row] / layer.groups
+            result[row] = self.dense_macs[index] * reads / (layer.in_channels / layer.groups) * outs[row] / layer.out_channels
+        return result
+
+    def times_at_many(self, indices: list[int], ins: np.ndarray, outs: np.ndarray) -> np.ndarray:
+        """time_at of layer indices[l] at every (ins[l, j], outs[l, j]), [layers, widths]: looked up in the memo at
+        once (a knapsack prices a group's every narrower width on every layer it touches, millions of lookups);
+        widths not priced yet are priced by time_at first."""
+        keys = _packed(np.asarray(indices, dtype=np.int64)[:, None], ins, outs)
+        found = self._looked_up(keys)
+        if not found.all():
+            missing = np.unique(keys[~found])
+            for key in missing.tolist():
+                self.time_at(key >> (2 * _WIDTH_BITS), (key >> _WIDTH_BITS) & _WIDTH_MASK, key & _WIDTH_MASK)
+            self._pack(missing)
+        return self._packed_times[np.searchsorted(self._packed_keys, keys)]
+
+    def _looked_up(self, keys: np.ndarray) -> np.ndarray:
+        at = np.minimum(np.searchsorted(self._packed_keys, keys), max(self._packed_keys.size - 1, 0))
+        return self._packed_keys[at] == keys if self._packed_keys.size else np.zeros(keys.shape, dtype=bool)
+
+    def _pack(self, keys: np.ndarray) -> None:
+        times = np.array([self._memo[(key >> (2 * _WIDTH_BITS), (key >> _WIDTH_BITS) & _WIDTH_MASK, key & _WIDTH_MASK)]
+                          for key in keys.tolist()])
+        all_keys = np.concatenate([self._packed_keys, keys])
+        order = np.argsort(all_keys, kind="stable")
+        self._packed_keys, self._packed_times = all_keys[order], np.concatenate([self._packed_times, times])[order]
+
     def time_at(self, index: int, in_width: int, out_width: int) -> float:
         """The table's time of timed layer `index` at these widths."""
         key = (index, in_width, out_width)
@@ -134,6 +173,17 @@ class PlanLatency:
                                    f"{in_width} -> {out_width} channels (a time is a finite number >= 0)")
             self._memo[key] = value
         return self._memo[key]
+
+
+_WIDTH_BITS = 24  # a width below 2**24 channels; a key: layer index, in width, out width in bit fields
+_WIDTH_MASK = (1 << _WIDTH_BITS) - 1
+
+
+def _packed(index: np.ndarray, ins: np.ndarray, outs: np.ndarray) -> np.ndarray:
+    if (ins < 0).any() or (outs < 0).any() or (ins > _WIDTH_MASK).any() or (outs > _WIDTH_MASK).any():
+        raise PrunefxError(f"a timed layer's width out of range ({int(ins.min())}..{int(ins.max())} in, "
+                           f"{int(outs.min())}..{int(outs.max())} out)")
+    return (index << (2 * _WIDTH_BITS)) | (ins.astype(np.int64) << _WIDTH_BITS) | outs.astype(np.int64)
 
 
 def priced_by(latency: PlanLatency | None) -> PlanLatency:
