@@ -148,7 +148,7 @@ class PlanLatency:
         if not found.all():
             missing = np.unique(keys[~found])
             for key in missing.tolist():
-                self.time_at(key >> (2 * _WIDTH_BITS), (key >> _WIDTH_BITS) & _WIDTH_MASK, key & _WIDTH_MASK)
+                self.time_at(*_unpacked(key))
             self._pack(missing)
         return self._packed_times[np.searchsorted(self._packed_keys, keys)]
 
@@ -157,8 +157,7 @@ class PlanLatency:
         return self._packed_keys[at] == keys if self._packed_keys.size else np.zeros(keys.shape, dtype=bool)
 
     def _pack(self, keys: np.ndarray) -> None:
-        times = np.array([self._memo[(key >> (2 * _WIDTH_BITS), (key >> _WIDTH_BITS) & _WIDTH_MASK, key & _WIDTH_MASK)]
-                          for key in keys.tolist()])
+        times = np.array([self._memo[_unpacked(key)] for key in keys.tolist()])
         all_keys = np.concatenate([self._packed_keys, keys])
         order = np.argsort(all_keys, kind="stable")
         self._packed_keys, self._packed_times = all_keys[order], np.concatenate([self._packed_times, times])[order]
@@ -175,7 +174,7 @@ class PlanLatency:
         return self._memo[key]
 
 
-_WIDTH_BITS = 24  # a width below 2**24 channels; a key: layer index, in width, out width in bit fields
+_WIDTH_BITS = 24  # a key: layer index (15 bits), in width, out width (24 bits each) in one int64
 _WIDTH_MASK = (1 << _WIDTH_BITS) - 1
 
 
@@ -184,6 +183,11 @@ def _packed(index: np.ndarray, ins: np.ndarray, outs: np.ndarray) -> np.ndarray:
         raise PrunefxError(f"a timed layer's width out of range ({int(ins.min())}..{int(ins.max())} in, "
                            f"{int(outs.min())}..{int(outs.max())} out)")
     return (index << (2 * _WIDTH_BITS)) | (ins.astype(np.int64) << _WIDTH_BITS) | outs.astype(np.int64)
+
+
+def _unpacked(key: int) -> tuple[int, int, int]:
+    """(layer index, in width, out width): the memo's key of a packed one."""
+    return key >> (2 * _WIDTH_BITS), (key >> _WIDTH_BITS) & _WIDTH_MASK, key & _WIDTH_MASK
 
 
 def priced_by(latency: PlanLatency | None) -> PlanLatency:
