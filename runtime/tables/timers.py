@@ -28,8 +28,8 @@ from prunefx.runtime.tables.table_model import entry_of, table_model
 # faster channels than one reading, at three times the cost (docs/benchmarks/latency-aware-choice.md)
 CPU_SWEEPS = 1
 # weights of the entries one model of a table holds: what a run pushes out of the caches between two runs of an entry
-# (more than a CPU's last-level cache), and the memory the timing takes (a few times it; a ResNet-50's table holds
-# about 430 MB, a ViT-L's more)
+# (more than a CPU's last-level cache), and the memory the timing takes (about twice it while ONNX Runtime reads the
+# serialised model; a ResNet-50's table holds about 430 MB, a ViT-L's more)
 CHUNK_BYTES = 512 * 2 ** 20
 
 
