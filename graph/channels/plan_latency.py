@@ -115,10 +115,10 @@ class PlanLatency:
     def ms(self, removed_mask: np.ndarray) -> float:
         return float(self.layer_ms(removed_mask).sum())
 
-    def macs_at(self, index: int, in_width: int, out_width: int) -> float:
-        """The MACs of timed layer `index` at these widths: its dense MACs scaled by its outputs and by what each
-        output reads (in / groups: one channel for a depthwise convolution at any width); an attention's by its
-        heads and its mean head dim."""
+    def macs_at(self, index: int, in_width, out_width):
+        """The MACs of timed layer `index` at these widths (numbers, or arrays of them: an array alike): its dense
+        MACs scaled by its outputs and by what each output reads (in / groups: one channel for a depthwise
+        convolution at any width); an attention's by its heads and its mean head dim."""
         layer = self.layers[index]
         if not layer.in_channels or not layer.out_channels:
             return 0.0
@@ -127,16 +127,11 @@ class PlanLatency:
         return self.dense_macs[index] * reads / (layer.in_channels / layer.groups) * out_width / layer.out_channels
 
     def macs_at_many(self, indices: list[int], ins: np.ndarray, outs: np.ndarray) -> np.ndarray:
-        """macs_at of layer indices[l] at every (ins[l, j], outs[l, j]), [layers, widths], each value as macs_at
-        computes it (its operations in its order)."""
+        """macs_at of layer indices[l] at every (ins[l, j], outs[l, j]), [layers, widths]: macs_at on a row of widths
+        at once (the same operations in the same order)."""
         result = np.zeros(ins.shape)
         for row, index in enumerate(indices):
-            layer = self.layers[index]
-            if not layer.in_channels or not layer.out_channels:
-                continue
-            depthwise = layer.groups > 1 and layer.groups == layer.in_channels
-            reads = np.ones(ins.shape[1]) if depthwise else ins[row] / layer.groups
-            result[row] = self.dense_macs[index] * reads / (layer.in_channels / layer.groups) * outs[row] / layer.out_channels
+            result[row] = self.macs_at(index, ins[row], outs[row])
         return result
 
     def times_at_many(self, indices: list[int], ins: np.ndarray, outs: np.ndarray) -> np.ndarray:
@@ -144,20 +139,16 @@ class PlanLatency:
         once (a knapsack prices a group's every narrower width on every layer it touches, millions of lookups);
         widths not priced yet are priced by time_at first."""
         keys = _packed(np.asarray(indices, dtype=np.int64)[:, None], ins, outs)
-        found = self._looked_up(keys)
+        at = np.searchsorted(self._packed_keys, keys)
+        found = self._packed_keys[np.minimum(at, self._packed_keys.size - 1)] == keys if self._packed_keys.size \
+            else np.zeros(keys.shape, dtype=bool)
         if not found.all():
             missing = np.unique(keys[~found])
-            for key in missing.tolist():
-                self.time_at(*_unpacked(key))
-            self._pack(missing)
-        return self._packed_times[np.searchsorted(self._packed_keys, keys)]
+            self._pack(missing, [self.time_at(*_unpacked(key)) for key in missing.tolist()])
+            at = np.searchsorted(self._packed_keys, keys)
+        return self._packed_times[at]
 
-    def _looked_up(self, keys: np.ndarray) -> np.ndarray:
-        at = np.minimum(np.searchsorted(self._packed_keys, keys), max(self._packed_keys.size - 1, 0))
-        return self._packed_keys[at] == keys if self._packed_keys.size else np.zeros(keys.shape, dtype=bool)
-
-    def _pack(self, keys: np.ndarray) -> None:
-        times = np.array([self._memo[_unpacked(key)] for key in keys.tolist()])
+    def _pack(self, keys: np.ndarray, times: list[float]) -> None:
         all_keys = np.concatenate([self._packed_keys, keys])
         order = np.argsort(all_keys, kind="stable")
         self._packed_keys, self._packed_times = all_keys[order], np.concatenate([self._packed_times, times])[order]
