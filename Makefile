@@ -10,7 +10,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 WRITE_BYTECODE := PYTHONDONTWRITEBYTECODE=
 TEST_ENV := OMP_NUM_THREADS=1 $(WRITE_BYTECODE)
 
-.PHONY: setup demo test test-fast test-zoo test-faults bench bench-all lint docs clean
+.PHONY: setup demo test test-fast test-zoo test-faults test-min-torch bench bench-all lint docs clean
 
 setup: $(STAMP)
 
@@ -75,6 +75,19 @@ test-faults: setup
 test-fast: setup
 	$(VENV)/bin/ruff check .
 	$(TEST_ENV) $(PY) -m pytest -q -m "not slow and not zoo and not timing" -x -n $(TEST_WORKERS) --dist worksteal --durations=25
+
+# The unit tests on the oldest torch pyproject.toml allows (the GPU machine's): torch and torchvision of that
+# release in a folder ahead of the venv's on PYTHONPATH, every other package the venv's. Not part of `make test`
+# (a second torch is gigabytes of wheels with its CUDA libraries); run it when code reaches for a newer torch API.
+MIN_TORCH := $(VENV)/min-torch/.prunefx-installed
+MIN_TORCH_PACKAGES := torch==2.11.0 torchvision==0.26.0
+$(MIN_TORCH): $(STAMP)
+	$(PIP) install --quiet --target $(VENV)/min-torch --upgrade --no-deps $(MIN_TORCH_PACKAGES)
+	@touch $@
+
+test-min-torch: setup $(MIN_TORCH)
+	PYTHONPATH=$(CURDIR)/$(VENV)/min-torch $(PY) -c "import torch; assert torch.__version__.startswith('2.11.'), torch.__version__"
+	PYTHONPATH=$(CURDIR)/$(VENV)/min-torch $(TEST_ENV) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not timing and not zoo"
 
 # The benchmarks behind the README's headline and coverage figures that fit about 95 minutes on 2 cores, with the
 # settings each was published with (benchmarks/published.py; `run_all.py --dry-run` prints the plan), then the

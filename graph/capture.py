@@ -24,7 +24,7 @@ from prunefx.graph.program import Program
 from prunefx.graph.program_metadata import program_name
 from prunefx.graph.safety.functional_ops import clone_written_inputs
 from prunefx.graph.scoped_calls import scope_of
-from prunefx.graph.stack_traces import stack_traces_off
+from prunefx.graph.stack_traces import stack_traces_off, without_stack_traces
 from prunefx.graph.torch_quiet import torch_quiet
 from prunefx.graph.training_flags import training_nodes
 
@@ -155,6 +155,7 @@ def capture(model: torch.nn.Module | torch.export.ExportedProgram, example_input
     except CaptureError:
         check_static_shapes(_export(model, inputs).graph, name)  # again with stack traces: the user's line
         raise
+    exported = without_stack_traces(exported)
     # exported.module() shares parameter and buffer storage with `model`; copy it so that training or
     # rewriting the Program never changes the user's model behind their back.
     # the inputs too: the caller reusing the tensor (a loader's buffer) must not change what checks run on

@@ -34,7 +34,7 @@ from prunefx.graph.program_metadata import (
 )
 from prunefx.graph.safety.graph_bounds import recompute_shapes
 from prunefx.graph.shape_propagation import propagate_shapes
-from prunefx.graph.stack_traces import stack_traces_off
+from prunefx.graph.stack_traces import stack_traces_off, without_stack_traces
 from prunefx.graph.training_flags import (
     Modes,
     graph_training_mode,
@@ -222,7 +222,7 @@ class Program:
         self._exported = None
         try:
             with stack_traces_off():  # they would point into the generated code
-                exported = torch.export.export(self.module, self.example_inputs, strict=False)
+                exported = without_stack_traces(torch.export.export(self.module, self.example_inputs, strict=False))
         except Exception as error:
             raise VerificationError(f"program '{self.name}' no longer exports: "
                                     f"{first_line(error)}") from error

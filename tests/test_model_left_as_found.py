@@ -667,7 +667,8 @@ def test_to_module_names_a_tensor_the_captured_call_never_reads_that_keeps_a_pru
     remove_channels(program, config={"macs": 0.5, "importance": "l2"})
     with pytest.warns(WriteBackWarning, match="'mask_token' \\(32,\\)") as warned:
         written = prunefx.to_module(program, model)
-    assert len(warned) == 1 and written.embed.out_features < 32 and written.mask_token.shape == (32,)
+    ours = [warning for warning in warned if issubclass(warning.category, WriteBackWarning)]  # not torch's own
+    assert len(ours) == 1 and written.embed.out_features < 32 and written.mask_token.shape == (32,)
     with pytest.raises(RuntimeError):  # what the warning foretells: the masked call meets the pruned width
         written(x, torch.zeros(2, 5, dtype=torch.bool))
 
