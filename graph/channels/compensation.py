@@ -51,7 +51,9 @@ def second_order_update(matrix: torch.Tensor, hessian: torch.Tensor | None, remo
     h_kk = hessian[kept[:, None], kept]
     h_kk.diagonal().add_(lam)
     m_r = matrix[:, gone]
-    rhs = hessian[kept[:, None], gone] @ m_r.t()  # H_KR M_R^T: [kept, outputs]
+    # H_KR M_R^T [kept, outputs] as the transpose of M_R H_RK: column-major, the order LAPACK's solve reads and
+    # writes, so the solve copies nothing and its result and rhs share one order (_dot)
+    rhs = (m_r @ hessian[gone[:, None], kept]).mT
     factor, info = torch.linalg.cholesky_ex(h_kk)
     # damping 0 on rank-deficient inputs: least squares picks a solution where Cholesky cannot
     solved = int(info) == 0
@@ -169,7 +171,10 @@ def _error_with(without: float, delta: torch.Tensor, rhs: torch.Tensor, damped_d
 
 
 def _dot(left: torch.Tensor, right: torch.Tensor) -> float:
-    """The sum of left * right, as one dot product: no temporary of their size (a ViT-L MLP's [2048, 1024])."""
+    """The sum of left * right, as one dot product: no temporary of their size (a ViT-L MLP's [2048, 1024])
+    where both are in one order, row- or column-major."""
+    if left.mT.is_contiguous() and right.mT.is_contiguous():
+        left, right = left.mT, right.mT
     return float(torch.vdot(left.reshape(-1), right.reshape(-1)))
 
 
