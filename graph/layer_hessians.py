@@ -150,9 +150,10 @@ def iter_hessians(module: torch.fx.GraphModule, specs: list[InputSpec], batches,
     cost = {source: sum(8 * columns[spec] ** 2 for spec in found) for source, found in reading.items()}
     for sources in within_budget(list(reading), cost.__getitem__, _HESSIAN_BUDGET):
         chunk = [spec for source in sources for spec in reading[source]]
+        staging = Float64Rows()  # one buffer for the chunk's sums, which multiply one after another
         sums = {spec: GramSum(int(KEEP_ROWS * columns[spec]), gram_of_kept=not from_rows,
                               most_rows=most_rows(columns[spec]), batches=len(batches),
-                              seed=zlib.crc32(spec.source.encode())) for spec in chunk}
+                              seed=zlib.crc32(spec.source.encode()), staging=staging) for spec in chunk}
         for values in staged.advance(sources):
             for spec in chunk:
                 sums[spec].add(spec.rows(values[spec.source]))
@@ -199,6 +200,28 @@ _PRODUCT_ROWS = 2048   # rows gathered before one product: a deep layer gives fe
 _PRODUCT_BYTES = 1 << 24  # ... or this many bytes of them, so that wide layers do not hold many batches
 
 
+class Float64Rows:
+    """Batches of rows joined into one float64 matrix in a buffer kept between calls, grown as needed: a new
+    matrix of each product's rows (32 MB for a ViT-L MLP's 4096 columns) is fresh memory whose pages the
+    system maps on first write, which took as long as the conversion itself."""
+
+    def __init__(self):
+        self.buffer: torch.Tensor | None = None
+
+    def joined(self, pieces: list[torch.Tensor]) -> torch.Tensor:
+        """The rows of `pieces` ([rows, columns] each) one after another, float64; valid until the next call."""
+        count, columns, device = sum(piece.shape[0] for piece in pieces), pieces[0].shape[1], pieces[0].device
+        if self.buffer is None or self.buffer.numel() < count * columns or self.buffer.device != device:
+            self.buffer = None  # the old one freed before the new one is made
+            self.buffer = torch.empty(count * columns, dtype=torch.float64, device=device)
+        rows = self.buffer[:count * columns].view(count, columns)
+        start = 0
+        for piece in pieces:
+            rows[start:start + piece.shape[0]].copy_(piece)
+            start += piece.shape[0]
+        return rows
+
+
 class GramSum:
     """The running X^T X (float64) of a layer input, batch by batch. Rows are gathered in a buffer until
     there are _PRODUCT_ROWS of them (or _PRODUCT_BYTES), then multiplied at once: a product over few rows
@@ -213,16 +236,18 @@ class GramSum:
 
     `most_rows` over `batches` batches: a batch with more rows than its share gives that many, drawn at random (a
     generator seeded with `seed`) and scaled by sqrt(its rows / drawn), so that H (and the kept rows' product)
-    stands for every row (see GRAM_BUDGET)."""
+    stands for every row (see GRAM_BUDGET). `staging`: where rows that are not kept are made float64 for their
+    product, shared by sums that multiply one after another (Float64Rows)."""
 
     def __init__(self, keep_up_to: int = 0, *, gram_of_kept: bool = True, most_rows: int | None = None,
-                 batches: int = 1, seed: int = 0):
+                 batches: int = 1, seed: int = 0, staging: Float64Rows | None = None):
         self.rows, self.seen, self.columns, self.gram, self.source_dtype = 0, 0, 0, None, torch.float32
         self.pending: list[torch.Tensor] = []
         self.keep_up_to, self.gram_of_kept = keep_up_to, gram_of_kept
         self.kept: list[torch.Tensor] | None = [] if keep_up_to > 0 else None
         self.share = None if most_rows is None else math.ceil(most_rows / max(batches, 1))  # rows a batch gives
         self.generator = torch.Generator().manual_seed(seed)
+        self.staging = staging if staging is not None else Float64Rows()
 
     def add(self, x: torch.Tensor) -> None:
         """Add one batch's rows X [rows, columns]."""
@@ -266,12 +291,15 @@ class GramSum:
     def _multiply_pending(self) -> None:
         if not self.pending:
             return
-        x = torch.cat(self.pending).double()
-        self.pending = []
         if self.kept is not None:
+            x = torch.cat(self.pending).double()
+            self.pending = []
             self.kept.append(x)
             if not self.gram_of_kept:
                 return
+        else:
+            x = self.staging.joined(self.pending)
+            self.pending = []
         self.gram = add_upper_gram(self.gram, x)
 
 

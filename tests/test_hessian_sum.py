@@ -5,7 +5,7 @@ bytes or at the end; the rows are kept exactly while they are few enough, and dr
 import pytest
 import torch
 
-from prunefx.graph.layer_hessians import GramSum
+from prunefx.graph.layer_hessians import Float64Rows, GramSum
 
 BATCH_ROWS = (3, 2100, 40, 1, 5000)
 
@@ -58,3 +58,27 @@ def test_without_their_product_kept_rows_form_no_hessian_until_there_are_too_man
     expected = sum(x.double().t() @ x.double() for x in batches)
     torch.testing.assert_close(many.finish(), expected, rtol=1e-12, atol=1e-12)
     assert many.kept_rows() is None
+
+
+def test_sums_sharing_one_staging_buffer_equal_sums_of_their_own():
+    """Two sums of different widths interleaved over one Float64Rows, as a chunk of iter_hessians runs them: each
+    equals the summed float64 products of its own batches, and the buffer is reused, not made per product."""
+    narrow, wide, staging = _batches(7), _batches(130), Float64Rows()
+    sums = {7: GramSum(staging=staging), 130: GramSum(staging=staging)}
+    buffers = set()
+    for x, y in zip(narrow, wide):
+        sums[7].add(x)
+        sums[130].add(y)
+        buffers.add(None if staging.buffer is None else staging.buffer.data_ptr())
+    for columns, batches in ((7, narrow), (130, wide)):
+        expected = sum(x.double().t() @ x.double() for x in batches)
+        torch.testing.assert_close(sums[columns].finish(), expected, rtol=1e-12, atol=1e-12)
+    assert len(buffers - {None}) <= 2  # made once, and again only where more rows came than it held
+
+
+def test_joined_rows_are_the_float64_rows_in_order():
+    pieces = [torch.randn(rows, 5) for rows in (3, 1, 4)]
+    staging = Float64Rows()
+    assert torch.equal(staging.joined(pieces), torch.cat(pieces).double())
+    held = staging.buffer.data_ptr()
+    assert torch.equal(staging.joined(pieces[:2]), torch.cat(pieces[:2]).double()) and staging.buffer.data_ptr() == held

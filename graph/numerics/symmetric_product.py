@@ -13,7 +13,7 @@ import torch
 
 BLOCK_ROWS = 8
 MIN_WIDTH = 64  # narrower blocks multiply far below the product's speed
-TRIANGLE_BLOCK = 512  # rows mirrored at a time by fill_upper_from_lower
+TRIANGLE_BLOCK = 512  # rows mirrored at a time by fill_upper_from_lower, the side of a transposed tile
 
 
 def _edges(columns: int) -> list[int]:
@@ -52,11 +52,21 @@ def fill_upper_from_lower(square: torch.Tensor) -> torch.Tensor:
     size = square.shape[0]
     for start in range(0, size, TRIANGLE_BLOCK):
         stop = min(start + TRIANGLE_BLOCK, size)
-        square[start:stop, stop:] = square[stop:, start:stop].t()
+        _transposed_into(square[start:stop, stop:], square[stop:, start:stop])
         diagonal = square[start:stop, start:stop]
         upper = torch.triu_indices(stop - start, stop - start, 1)
         diagonal[upper[0], upper[1]] = diagonal[upper[1], upper[0]]
     return square
+
+
+def _transposed_into(target: torch.Tensor, source: torch.Tensor) -> None:
+    """target = source^T, a square tile of TRIANGLE_BLOCK at a time: copied whole, a wide strip from a tall one
+    read column by column made fill_upper_from_lower twice as slow on a 4096-column H."""
+    rows, columns = target.shape
+    for row in range(0, rows, TRIANGLE_BLOCK):
+        for column in range(0, columns, TRIANGLE_BLOCK):
+            target[row:row + TRIANGLE_BLOCK, column:column + TRIANGLE_BLOCK] = \
+                source[column:column + TRIANGLE_BLOCK, row:row + TRIANGLE_BLOCK].t()
 
 
 def symmetric_trace(matrix: torch.Tensor, symmetric: torch.Tensor) -> float:
