@@ -158,6 +158,9 @@ def iter_hessians(module: torch.fx.GraphModule, specs: list[InputSpec], batches,
             for spec in chunk:
                 sums[spec].add(spec.rows(values[spec.source]))
         values = None  # the last batch's activations, no longer needed
+        for total in sums.values():  # every product made before a caller holds the first H
+            total.flush()
+        staging.release()
         for spec in chunk:
             # this frame keeps no reference to H while the caller holds it: a ViT-L MLP's H is 134 MB
             yield spec, *_finished(sums.pop(spec), spec, cache, as_cached)
@@ -221,6 +224,10 @@ class Float64Rows:
             start += piece.shape[0]
         return rows
 
+    def release(self) -> None:
+        """Free the buffer (the next call makes one again)."""
+        self.buffer = None
+
 
 class GramSum:
     """The running X^T X (float64) of a layer input, batch by batch. Rows are gathered in a buffer until
@@ -264,6 +271,10 @@ class GramSum:
         if (sum(rows.shape[0] for rows in self.pending) >= _PRODUCT_ROWS
                 or sum(rows.numel() * rows.element_size() for rows in self.pending) >= _PRODUCT_BYTES):
             self._multiply_pending()
+
+    def flush(self) -> None:
+        """Multiply the rows gathered so far (finish does too)."""
+        self._multiply_pending()
 
     def finish(self) -> torch.Tensor | None:
         """H; None when no row was added, or the rows were kept without their product."""

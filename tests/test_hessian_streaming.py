@@ -79,6 +79,27 @@ def test_hessians_gathered_a_chunk_at_a_time_equal_those_gathered_at_once(monkey
         torch.testing.assert_close(chunked[spec], hessian, rtol=1e-12, atol=1e-12)
 
 
+def test_a_caller_holding_a_hessian_holds_no_staging_buffer_of_its_chunk(monkeypatch):
+    """Every product of a chunk is made before its first H is yielded, and the float64 rows' buffer freed: a
+    caller working on an H (the obs elimination, where a ViT-L peaks) does not hold it too."""
+    from prunefx.graph import layer_hessians
+
+    made = []
+
+    class Recorded(layer_hessians.Float64Rows):
+        def __init__(self):
+            super().__init__()
+            made.append(self)
+
+    monkeypatch.setattr(layer_hessians, "Float64Rows", Recorded)
+    program, batches = _program_and_batches()
+    yielded = 0
+    for _ in iter_hessians(program.module, _specs(program), batches):
+        yielded += 1
+        assert made and all(staging.buffer is None for staging in made)
+    assert yielded >= 3
+
+
 @pytest.mark.parametrize("columns", [70, 1100])  # 1100: past the blocks the unpacking mirrors a triangle in
 def test_a_packed_hessian_is_the_hessian_rounded_to_float32_in_a_quarter_of_its_bytes(columns):
     x = torch.randn(300, columns, dtype=torch.float64)
