@@ -17,7 +17,8 @@ _SWITCH = "do_not_emit_stack_traces"
 
 @contextlib.contextmanager
 def stack_traces_off() -> Iterator[None]:
-    """torch's tracers record no stack traces inside the block (torch.fx.config.do_not_emit_stack_traces)."""
+    """torch's tracers record no stack traces inside the block (torch.fx.config.do_not_emit_stack_traces), where
+    this torch has the switch; where it has not, callers drop them with without_stack_traces."""
     if not hasattr(torch.fx.config, _SWITCH):
         yield
         return
