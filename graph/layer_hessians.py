@@ -158,8 +158,8 @@ def iter_hessians(module: torch.fx.GraphModule, specs: list[InputSpec], batches,
             for spec in chunk:
                 sums[spec].add(spec.rows(values[spec.source]))
         values = None  # the last batch's activations, no longer needed
-        for total in sums.values():  # every product made before a caller holds the first H
-            total.flush()
+        for spec in chunk:  # every product made before a caller holds the first H (no name here keeps a sum)
+            sums[spec].flush()
         staging.release()
         for spec in chunk:
             # this frame keeps no reference to H while the caller holds it: a ViT-L MLP's H is 134 MB
