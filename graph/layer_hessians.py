@@ -270,15 +270,11 @@ class GramSum:
         self.pending.append(x.detach())
         if (sum(rows.shape[0] for rows in self.pending) >= _PRODUCT_ROWS
                 or sum(rows.numel() * rows.element_size() for rows in self.pending) >= _PRODUCT_BYTES):
-            self._multiply_pending()
-
-    def flush(self) -> None:
-        """Multiply the rows gathered so far (finish does too)."""
-        self._multiply_pending()
+            self.flush()
 
     def finish(self) -> torch.Tensor | None:
         """H; None when no row was added, or the rows were kept without their product."""
-        self._multiply_pending()
+        self.flush()
         return None if self.gram is None else mirror_upper(self.gram)
 
     def drawn_from(self) -> int | None:
@@ -299,18 +295,18 @@ class GramSum:
         """All rows added, float64 [rows, columns], when they were kept (after finish; drawn ones scaled)."""
         return torch.cat(self.kept) if self.kept else None
 
-    def _multiply_pending(self) -> None:
+    def flush(self) -> None:
+        """Multiply the rows gathered so far (add does once there are enough of them, finish at the end)."""
         if not self.pending:
             return
-        if self.kept is not None:
-            x = torch.cat(self.pending).double()
-            self.pending = []
+        pending, self.pending = self.pending, []
+        if self.kept is None:
+            x = self.staging.joined(pending)
+        else:
+            x = torch.cat(pending).double()
             self.kept.append(x)
             if not self.gram_of_kept:
                 return
-        else:
-            x = self.staging.joined(self.pending)
-            self.pending = []
         self.gram = add_upper_gram(self.gram, x)
 
 
