@@ -429,3 +429,31 @@ def test_the_onnx_search_reading_caps_its_passes_at_round_seconds_too(monkeypatc
     with pytest.raises(RuntimeError, match="recorded"):
         timed(object(), object())
     assert asked["seconds"] == speedup.ROUND_SECONDS and asked["runs"] == 30
+
+
+def test_a_search_pair_checks_each_file_once_however_often_it_measures_it(tmp_path, monkeypatch):
+    """Two readings of one dense file, each beside another candidate: three files, three checks of their value
+    sizes (a ViT-L's take a second or two), where each reading checked both its files twice (the maker, then the
+    session it made). Oracle: the checks counted where session.py and runners.py call them."""
+    from prunefx.runtime.measure import speedup
+    from prunefx.runtime.ort import runners, session
+
+    files = {name: _relu_file(tmp_path / f"{name}.onnx") for name in ("dense", "one", "two")}
+    checked = []
+
+    def counting(path, threads, *, real=session.check_session_file):
+        checked.append(path.stem)
+        real(path, threads)
+
+    monkeypatch.setattr(session, "check_session_file", counting)
+    monkeypatch.setattr(runners, "check_session_file", counting)
+
+    class Files:
+        def get(self, name, key=None):
+            return files[name], (np.ones((1, 8), np.float32),), name
+
+    timed = speedup._onnx_runtime_pair(Files(), {"threads": 1, "spinning": True, "flush_denormals": None},
+                                       runs=4, warmup=1)
+    for candidate in ("one", "two"):
+        assert timed("dense", candidate).ms > 0
+    assert sorted(checked) == ["dense", "one", "two"]

@@ -374,6 +374,21 @@ def test_a_budget_times_its_files_at_the_opset_the_model_is_delivered_at(monkeyp
     assert {exporter for exporter, _ in asked} == {"torchscript", "dynamo"} and {opset for _, opset in asked} == {20}
 
 
+def test_a_round_of_long_calls_cuts_its_blocks_so_that_one_pass_fits_its_seconds():
+    """Warmed calls of 2 s and 1 s, blocks of 10 after 2 settling calls: one pass would take 36 s. With 15 s a round,
+    blocks of 3 (5 calls a side, 15 s); with 3 s, still 3 (the fewest); short calls keep their blocks of 10, and so does
+    a round without `seconds`. Oracle: the pass's length, counted from the scripted durations."""
+    from prunefx.runtime.measure.timing_loop import MIN_FITTED_BLOCK, alternate
+
+    for durations, seconds, size in (((2000.0, 1000.0), 15.0, 3), ((2000.0, 1000.0), 3.0, MIN_FITTED_BLOCK),
+                                     ((20.0, 10.0), 15.0, 10), ((2000.0, 1000.0), None, 10)):
+        clock = FakeClock()
+        a, b = (clock.callable_taking([ms] * 200) for ms in durations)
+        blocks_a, blocks_b = alternate(a, b, 2, 10, 10, 2, clock, seconds=seconds)
+        assert len(blocks_a[0]) == len(blocks_b[0]) == size
+        assert sum(blocks_a[0]) + sum(blocks_b[0]) == pytest.approx(size * sum(durations) / 1e3)
+
+
 def test_a_round_with_seconds_times_whole_passes_until_they_have_passed():
     """Calls of 2 s and 1 s, blocks of 2, 10 runs asked: a pass takes 6 s, so 7 s let a second pass begin, not a
     third; without `seconds` every run is timed; a first pass is timed whatever `seconds` says."""

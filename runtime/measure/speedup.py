@@ -16,6 +16,7 @@ from pathlib import Path
 
 from prunefx.graph import Program
 from prunefx.graph.timing import Timing
+from prunefx.runtime.measure.last_used import LastUsed
 from prunefx.runtime.measure.latency import LatencyComparison, LatencyStats, compare_latency, compare_rounds
 from prunefx.runtime.measure.measured_files import ExportCache
 from prunefx.runtime.measure.width_multiple import onnxruntime_multiple
@@ -183,9 +184,12 @@ def onnx_latency_pair(*, threads: int = LATENCY_THREADS, runs: int = 50, warmup:
 def _onnx_runtime_pair(exports: ExportCache, sessions: dict, *, runs: int, warmup: int, rounds: int = 1) -> LatencyPair:
     """`sessions`: OnnxRunnerMaker's threads, spinning and flush_denormals for both files."""
     threads = sessions["threads"]
+    # a maker per file, which checks it once (runtime/ort/session.py): the dense file is met at every measurement
+    makers_of = LastUsed(keep=4)
 
     def timed(a: tuple[Path, tuple, str], b: tuple[Path, tuple, str], against: float | None = None):
-        makers = [OnnxRunnerMaker(path, inputs, **sessions) for path, inputs, _ in (a, b)]
+        makers = [makers_of.get((path, digest), lambda path=path, inputs=inputs: OnnxRunnerMaker(path, inputs, **sessions))
+                  for path, inputs, digest in (a, b)]
         if rounds == 1:
             return timing_of(compare_latency(makers[0](), makers[1](), warmup=warmup, runs=runs, threads=threads,
                                              seconds=ROUND_SECONDS))

@@ -20,6 +20,9 @@ class NoBar:
 # Warm-up stops after this long (both sides, at least two calls each): a model of a tenth of a second is warm
 # after a few calls, and twenty of them per side and round made most of a large model's confirmation.
 WARM_SECONDS = 1.0
+# The fewest timed calls a block shrinks to so that a pass of blocks fits a round's `seconds` (fitted_block): the
+# median of three long calls a side is steady, and the rounds, not the calls, are the interval's units.
+MIN_FITTED_BLOCK = 3
 
 
 def alternate(fn_a: Callable[[], object], fn_b: Callable[[], object], warmup: int, runs: int, block: int,
@@ -38,9 +41,12 @@ def alternate_all(fns: tuple[Callable[[], object], ...], warmup: int, runs: int,
     """`alternate` for any number of callables (a benchmark's variants timed side by side): block i of every
     callable is timed in pass i, in order on even passes and reversed on odd ones; the blocks of each, in seconds.
     `seconds`: fewer runs than `runs` where a pass of blocks is long, whole passes (at least one) until that long
-    has passed (a slow model's round: its calls are long, so few of them give a steady median)."""
+    has passed (a slow model's round: its calls are long, so few of them give a steady median), each block cut to
+    fit one pass into `seconds` where the warm-up's calls say it would not (fitted_block)."""
     bar = bar if bar is not None else NoBar()
-    warm(fns, warmup, clock)
+    last_warm = warm(fns, warmup, clock)
+    if seconds is not None:
+        block = fitted_block(block, settle, seconds, last_warm)
     blocks: list[list[list[float]]] = [[] for _ in fns]
     started = clock()
     while sum(map(len, blocks[0])) < runs:
@@ -60,15 +66,26 @@ def in_turn(sides: tuple, index: int) -> tuple:
     return sides if index % 2 == 0 else sides[::-1]
 
 
-def warm(fns: tuple[Callable[[], object], ...], warmup: int, clock: Callable[[], float]) -> None:
+def fitted_block(block: int, settle: int, seconds: float, call_seconds: list[float] | None) -> int:
+    """`block`, or fewer timed calls (not under MIN_FITTED_BLOCK) where a pass of blocks, each side's `settle` and
+    `block` calls at `call_seconds` (its last warm-up call; None: not warmed, kept), would outlast `seconds`: a
+    ViT-L's pair of calls takes 0.8 s on 2 cores, and a first pass of 12 a side made a 5-second round 10 s long."""
+    if not call_seconds:
+        return block
+    per_call = sum(call_seconds)
+    fits = int(seconds / per_call) - settle if per_call > 0 else block
+    return min(block, max(MIN_FITTED_BLOCK, fits))
+
+
+def warm(fns: tuple[Callable[[], object], ...], warmup: int, clock: Callable[[], float]) -> list[float] | None:
     """The warm-up of every CPU timing, one model or two: each of `fns` in turn, `warmup` times, stopping after
-    WARM_SECONDS once each ran twice."""
-    started = clock()
+    WARM_SECONDS once each ran twice. Returns the seconds of each one's last warm-up call (None without any)."""
+    started, last = clock(), None
     for done in range(warmup):
-        for fn in fns:
-            fn()
+        last = [time_call(fn, clock) for fn in fns]
         if done >= 1 and clock() - started >= WARM_SECONDS:
-            return
+            break
+    return last
 
 
 def time_call(fn: Callable[[], object], clock: Callable[[], float]) -> float:

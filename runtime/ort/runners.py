@@ -95,12 +95,15 @@ def torch_runner(program: Program, inputs: Sequence[torch.Tensor] | None = None,
 
 
 def onnx_runner(path: str | os.PathLike, inputs: Sequence[np.ndarray | torch.Tensor], *,
-                threads: int = DEFAULT_THREADS, spinning: bool = True, flush_denormals: bool | None = None) -> OnnxRunner:
+                threads: int = DEFAULT_THREADS, spinning: bool = True, flush_denormals: bool | None = None,
+                checked: bool = False) -> OnnxRunner:
     """Run the .onnx file at `path` on `inputs` with ONNX Runtime on the CPU at `threads` threads
     (worker threads spinning between operators, ONNX Runtime's default, unless `spinning=False`), subnormal
-    floats flushed to zero unless `flush_denormals=False` (default: `timing_flushes_denormals()`)."""
+    floats flushed to zero unless `flush_denormals=False` (default: `timing_flushes_denormals()`). `checked`: the
+    file passed check_session_file just before (OnnxRunnerMaker's), not checked again."""
     flush = timing_flushes_denormals() if flush_denormals is None else flush_denormals
-    return OnnxRunner(OnnxRuntimeSession(path, threads=threads, spinning=spinning, flush_denormals=flush), inputs)
+    return OnnxRunner(OnnxRuntimeSession(path, threads=threads, spinning=spinning, flush_denormals=flush,
+                                         checked=checked), inputs)
 
 
 class OnnxRunnerMaker:
@@ -120,7 +123,7 @@ class OnnxRunnerMaker:
 
     def __call__(self) -> OnnxRunner:
         return onnx_runner(self.path, self.inputs, threads=self.threads, spinning=self.spinning,
-                           flush_denormals=self.flush_denormals)
+                           flush_denormals=self.flush_denormals, checked=True)
 
     def round_request(self) -> dict:
         """The session as plain data (its file was checked when this maker was made)."""

@@ -37,14 +37,16 @@ class OnnxRuntimeSession:
     """Run an .onnx file on the CPU: `OnnxRuntimeSession(path, threads=2).run(x)` -> list of arrays."""
 
     def __init__(self, path: str | os.PathLike, *, threads: int = DEFAULT_THREADS, spinning: bool = True,
-                 flush_denormals: bool = False, profile_prefix: str | None = None):
+                 flush_denormals: bool = False, profile_prefix: str | None = None, checked: bool = False):
+        # checked: check_session_file passed on this file just before (an OnnxRunnerMaker's, made once per file): a
+        # ViT-L's value sizes take a second or two to infer
         _check_threads(threads)
         self.path = Path(path)
         self.threads = threads
         self.spinning = spinning
         self.flush_denormals = flush_denormals
         # profile_prefix: ONNX Runtime's profiler on, its file from session.end_profiling() (runtime/ort/profile_nodes.py)
-        self.session = _load(self.path, threads, spinning, flush_denormals, profile_prefix)
+        self.session = _load(self.path, threads, spinning, flush_denormals, profile_prefix, checked=checked)
         self.input_names = [arg.name for arg in self.session.get_inputs()]
         self.output_names = [arg.name for arg in self.session.get_outputs()]
 
@@ -110,8 +112,9 @@ def _check_threads(threads: int) -> None:
 
 
 def _load(path: Path, threads: int, spinning: bool, flush_denormals: bool = False,
-          profile_prefix: str | None = None) -> ort.InferenceSession:
-    check_session_file(path, threads)
+          profile_prefix: str | None = None, *, checked: bool = False) -> ort.InferenceSession:
+    if not checked:
+        check_session_file(path, threads)
     try:
         with subnormal_mode(None):  # a process's first session sets its creator's mode: put it back
             return cpu_session(str(path), threads, spinning, flush_denormals, profile_prefix)
