@@ -374,6 +374,32 @@ def test_a_budget_times_its_files_at_the_opset_the_model_is_delivered_at(monkeyp
     assert {exporter for exporter, _ in asked} == {"torchscript", "dynamo"} and {opset for _, opset in asked} == {20}
 
 
+def test_a_large_model_is_read_and_confirmed_from_one_delivered_export_each(monkeypatch):
+    """Above DELIVERED_FROM_BYTES of weights (lowered here to 60 KB), the search's reading times the dynamo files the
+    confirmation times: each Program exported once, by dynamo; a model below it is read from a TorchScript file.
+    Oracle: the exports counted where the cache calls them."""
+    import importlib
+
+    from prunefx.runtime.measure.pairs import Measurement
+
+    files = importlib.import_module("prunefx.runtime.measure.measured_files")
+    asked, real = [], files.export_onnx
+    monkeypatch.setattr(files, "export_onnx", lambda program, path, **options: (
+        asked.append((program.name, options["exporter"])), real(program, path, **options))[1])
+    monkeypatch.setattr(files, "DELIVERED_FROM_BYTES", 60 << 10)
+    dense = capture(torch.nn.Linear(128, 128).eval(), torch.randn(1, 128), name="dense")  # 66 KB
+    candidate = capture(torch.nn.Linear(128, 127).eval(), torch.randn(1, 128), name="candidate")  # 65.5 KB
+    small = capture(torch.nn.Linear(128, 8).eval(), torch.randn(1, 128), name="small")
+    pair = Measurement.of("ort", threads=1, runs=3).pair()
+    try:
+        pair(dense, candidate)
+        pair.confirm(dense, candidate)
+        pair(dense, small)
+    finally:
+        pair.close()
+    assert sorted(asked) == [("candidate", "dynamo"), ("dense", "dynamo"), ("small", "torchscript")]
+
+
 def test_a_round_of_long_calls_cuts_its_blocks_so_that_one_pass_fits_its_seconds():
     """Warmed calls of 2 s and 1 s, blocks of 10 after 2 settling calls: one pass would take 36 s. With 15 s a round,
     blocks of 3 (5 calls a side, 15 s); with 3 s, still 3 (the fewest); short calls keep their blocks of 10, and so does

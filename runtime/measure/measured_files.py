@@ -19,6 +19,11 @@ from prunefx.runtime.onnx.export import export_onnx
 from prunefx.runtime.onnx.opsets import DEFAULT_OPSET
 from prunefx.runtime.onnx.quantized import export_quantized_onnx, onnxruntime_lowering
 
+# The weights from which a search's readings time the delivered (dynamo) files, not TorchScript ones: TorchScript's
+# export copies every weight several times, and from a ViT-B/16's 346 MB on it is no faster (2 cores: 4.8 s against
+# 5.1 s; a ViT-L/16, 26 s against 17 s), so one file serves the reading and the confirmation (benchmarks/tool_speed.py).
+DELIVERED_FROM_BYTES = 256 << 20
+
 
 class ExportCache:
     """ONNX files of the Programs measured so far, by a fingerprint of their graph and every tensor the graph
@@ -29,10 +34,12 @@ class ExportCache:
 
     def __init__(self, batch: int, exporter: str = "dynamo", export: Callable | None = None,
                  quantized: ExportCache | None = None, keep: int = 4, check: Callable[[Program], None] | None = None,
-                 opset: int = DEFAULT_OPSET):
+                 opset: int = DEFAULT_OPSET, delivered: ExportCache | None = None):
         # export(program, path, batch, exporter) -> (path, inputs): `exported_file` (ONNX Runtime's files) by default;
-        # `quantized`: another cache that holds the fake-quantized Programs' files (they do not depend on the exporter)
+        # `quantized`: another cache that holds the fake-quantized Programs' files (they do not depend on the exporter);
+        # `delivered`: the cache of the delivered files, which holds those of Programs with DELIVERED_FROM_BYTES of weights
         self.batch, self.exporter, self.export, self.quantized = batch, exporter, export, quantized
+        self.delivered = delivered
         self.opset = opset  # the delivered file's: what is timed is what is written
         self.check = check  # what a Program must be to be measured here, checked before it is exported
         self._folder: tempfile.TemporaryDirectory | None = None  # made at the first export
@@ -50,8 +57,11 @@ class ExportCache:
         """(ONNX path, example inputs at `batch`, sha256 of the file) for `program`."""
         if self.check is not None:
             self.check(program)
-        if self.quantized is not None and has_fake_quant(program.graph):
-            return self.quantized.get(program)
+        if has_fake_quant(program.graph):  # the INT8 lowering's file, whichever cache holds it
+            if self.quantized is not None:
+                return self.quantized.get(program)
+        elif self.delivered is not None and weight_bytes(program) >= DELIVERED_FROM_BYTES:
+            return self.delivered.get(program)
         return self.files.get(fingerprint(program), lambda: self._exported(program))
 
     def _exported(self, program: Program) -> tuple[Path, tuple, str]:
@@ -61,6 +71,12 @@ class ExportCache:
         path, inputs = (self.export or exported_file)(program, Path(self._folder.name) / name, self.batch, self.exporter,
                                                        opset=self.opset)
         return path, inputs, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def weight_bytes(program: Program) -> int:
+    """The bytes of `program`'s parameters and buffers, each tensor counted once."""
+    tensors = {id(tensor): tensor for tensor in (*program.module.parameters(), *program.module.buffers())}
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors.values())
 
 
 def _remove_with_side_file(path: Path) -> None:

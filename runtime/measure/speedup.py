@@ -161,31 +161,38 @@ def onnx_latency_pair(*, threads: int = LATENCY_THREADS, runs: int = 50, warmup:
     Its `round_to` is this CPU's width multiple for ONNX Runtime (16 with AVX-512, else 8). `spinning` and
     `flush_denormals` are the sessions' (runtime/ort/runners.onnx_runner), as `bench` times them.
 
-    A search measures many candidates and only confirms a few, and a dynamo export costs far more than
-    the timing on small models (docs/design.md, 'Runtime and measurement'). So the search's measurement exports
+    A search measures many candidates and only confirms a few, and a dynamo export costs two to four times a
+    TorchScript one on small models (docs/design.md, 'Runtime and measurement'). So the search's measurement exports
     with `search_exporter` (TorchScript by default), and the confirmation, which alone accepts a candidate,
-    times the files prunefx delivers (dynamo). A fake-quantized Program always goes through the INT8 lowering."""
+    times the files prunefx delivers (dynamo); a model with measured_files.DELIVERED_FROM_BYTES of weights, whose
+    TorchScript export is no faster, is read from the delivered files too. A fake-quantized Program always goes
+    through the INT8 lowering."""
     float32 = functools.partial(require_float32, runtime="ONNX Runtime")
     search = ExportCache(batch, search_exporter, check=float32, opset=opset)  # shared: the dense model is exported once per search
-    # an INT8 candidate's file is the same whatever the exporter (the INT8 lowering): confirmed, it is not exported again
-    delivered = search if search_exporter == "dynamo" else ExportCache(batch, "dynamo", quantized=search, check=float32,
-                                                                           opset=opset)
+    if search_exporter == "dynamo":
+        delivered = search
+    else:  # an INT8 candidate's file is the same whatever the exporter (the INT8 lowering): confirmed, not exported again
+        delivered = ExportCache(batch, "dynamo", quantized=search, check=float32, opset=opset)
+        search.delivered = delivered  # a large model's readings time the delivered files (DELIVERED_FROM_BYTES)
     confirming = confirm_runs or 4 * runs
     sessions = {"threads": threads, "spinning": spinning, "flush_denormals": flush_denormals}
-    return PairMeasurer(_onnx_runtime_pair(search, sessions, runs=runs, warmup=warmup),
-                        _onnx_runtime_pair(delivered, sessions, runs=confirming, warmup=2 * warmup, rounds=confirm_rounds),
+    makers = LastUsed(keep=4)  # shared: a large model's reading and confirmation time the same files
+    return PairMeasurer(_onnx_runtime_pair(search, sessions, makers, runs=runs, warmup=warmup),
+                        _onnx_runtime_pair(delivered, sessions, makers, runs=confirming, warmup=2 * warmup,
+                                           rounds=confirm_rounds),
                         onnxruntime_multiple(),
                         # where the budget lies inside the confirmed interval: twice the processes and runs
-                        _onnx_runtime_pair(delivered, sessions, runs=2 * confirming, warmup=2 * warmup,
+                        _onnx_runtime_pair(delivered, sessions, makers, runs=2 * confirming, warmup=2 * warmup,
                                            rounds=2 * confirm_rounds),
                         held=(search,) if delivered is search else (search, delivered))
 
 
-def _onnx_runtime_pair(exports: ExportCache, sessions: dict, *, runs: int, warmup: int, rounds: int = 1) -> LatencyPair:
-    """`sessions`: OnnxRunnerMaker's threads, spinning and flush_denormals for both files."""
+def _onnx_runtime_pair(exports: ExportCache, sessions: dict, makers_of: LastUsed | None = None, *, runs: int,
+                       warmup: int, rounds: int = 1) -> LatencyPair:
+    """`sessions`: OnnxRunnerMaker's threads, spinning and flush_denormals for both files. `makers_of`: the makers
+    by file, each of which checks its file once (runtime/ort/session.py): the dense file is met at every measurement."""
     threads = sessions["threads"]
-    # a maker per file, which checks it once (runtime/ort/session.py): the dense file is met at every measurement
-    makers_of = LastUsed(keep=4)
+    makers_of = LastUsed(keep=4) if makers_of is None else makers_of
 
     def timed(a: tuple[Path, tuple, str], b: tuple[Path, tuple, str], against: float | None = None):
         makers = [makers_of.get((path, digest), lambda path=path, inputs=inputs: OnnxRunnerMaker(path, inputs, **sessions))
