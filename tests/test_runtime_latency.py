@@ -416,11 +416,11 @@ def test_a_round_of_long_calls_cuts_its_blocks_so_that_one_pass_fits_its_seconds
 
 
 def test_a_round_with_seconds_times_whole_passes_until_they_have_passed():
-    """Calls of 2 s and 1 s, blocks of 2, 10 runs asked: a pass takes 6 s, so 7 s let a second pass begin, not a
-    third; without `seconds` every run is timed; a first pass is timed whatever `seconds` says."""
+    """Calls of 2 s and 1 s, blocks of 2, 10 runs asked: a pass takes 6 s, so 13 s hold two passes and 11 s one (a
+    second would end at 12 s); without `seconds` every run is timed; a first pass is timed whatever `seconds` says."""
     from prunefx.runtime.measure.timing_loop import alternate
 
-    for seconds, passes in ((7.0, 2), (None, 5), (0.0, 1)):
+    for seconds, passes in ((13.0, 2), (11.0, 1), (None, 5), (0.0, 1)):
         clock = FakeClock()
         a, b = clock.callable_taking([2000.0] * 100), clock.callable_taking([1000.0] * 100)
         blocks_a, blocks_b = alternate(a, b, 0, 10, 2, 0, clock, seconds=seconds)

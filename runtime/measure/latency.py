@@ -125,7 +125,8 @@ def compare_latency(fn_a: Callable[[], object], fn_b: Callable[[], object], *, w
                     seconds: float | None = None) -> LatencyComparison:
     """Measure `fn_a` and `fn_b` alternately: warm-up a, b, a, b, ...; then pairs of blocks of `settle` untimed and
     up to `block` timed calls of each, a first then b first by turns, until each side has `runs` timed calls
-    (`seconds`: or until that long has passed, after at least one pair of blocks; timing_loop.alternate_all)."""
+    (`seconds`: or within that long, at least one pair of blocks, smaller ones for long calls;
+    timing_loop.alternate_all)."""
     _check_counts(warmup, runs)
     _check_blocks(block, settle)
     with _bar(progress, "latency a/b", total=runs) as bar, _timed(fn_a, fn_b) as (call_a, call_b), LoadMeter() as meter:
@@ -153,8 +154,9 @@ def compare_rounds(make_a: Callable[[], Callable[[], object]], make_b: Callable[
     `until(low, high)`: checked on the interval after each round from the second on; True stops there (a
     confirmation whose interval already clears or misses its budget), with the runs measured so far. Those looks
     are judged at a stricter confidence (EARLY_LOOKS_SHARE), and the result states the confidence it has.
-    `seconds`: each round times whole passes of blocks until that long has passed (at least one pass, at most its
-    share of `runs`): the rounds are the interval's units, and a slow model's few long calls give a round's median."""
+    `seconds`: each round times whole passes of blocks within that long (at least one pass, at most its share of
+    `runs`; timing_loop.alternate_all): the rounds are the interval's units, and a slow model's few long calls give a
+    round's median."""
     _check_counts(warmup, runs)
     _check_blocks(block, settle)
     if rounds < 1 or runs < rounds:

@@ -31,7 +31,7 @@ def alternate(fn_a: Callable[[], object], fn_b: Callable[[], object], warmup: in
     alternating blocks of up to `block`, each block after `settle` untimed calls (see runtime/measure/latency.py's
     compare_latency); the blocks, in seconds. The side that goes first alternates too (a b, b a, a b, ...): a
     machine that drifts during the measurement, or favours the block after a switch, then favours neither side.
-    `seconds`: no pair of blocks begins once that long has passed since the first (see alternate_all)."""
+    `seconds`: no pair of blocks begins that would end past that long after the first (see alternate_all)."""
     blocks_a, blocks_b = alternate_all((fn_a, fn_b), warmup, runs, block, settle, clock, bar, seconds)
     return blocks_a, blocks_b
 
@@ -40,18 +40,22 @@ def alternate_all(fns: tuple[Callable[[], object], ...], warmup: int, runs: int,
                   clock: Callable[[], float], bar=None, seconds: float | None = None) -> list[list[list[float]]]:
     """`alternate` for any number of callables (a benchmark's variants timed side by side): block i of every
     callable is timed in pass i, in order on even passes and reversed on odd ones; the blocks of each, in seconds.
-    `seconds`: fewer runs than `runs` where a pass of blocks is long, whole passes (at least one) until that long
-    has passed (a slow model's round: its calls are long, so few of them give a steady median), each block cut to
-    fit one pass into `seconds` where the warm-up's calls say it would not (fitted_block)."""
+    `seconds`: fewer runs than `runs` where a pass of blocks is long, whole passes (at least one) within that long,
+    a pass that would end past it (as long as the one before) not begun (a slow model's round: its calls are long,
+    so few of them give a steady median), each block cut to fit one pass into `seconds` where the warm-up's calls
+    say it would not (fitted_block)."""
     bar = bar if bar is not None else NoBar()
     last_warm = warm(fns, warmup, clock)
     if seconds is not None:
         block = fitted_block(block, settle, seconds, last_warm)
     blocks: list[list[list[float]]] = [[] for _ in fns]
-    started = clock()
+    started = last_pass = clock()
     while sum(map(len, blocks[0])) < runs:
-        if blocks[0] and seconds is not None and clock() - started >= seconds:
+        now = clock()
+        # no pass begins that would end past `seconds`, judged by the one before it
+        if blocks[0] and seconds is not None and 2 * now - last_pass - started > seconds:
             break
+        last_pass = now
         size = min(block, runs - sum(map(len, blocks[0])))
         for fn, timed in in_turn(tuple(zip(fns, blocks)), len(blocks[0])):
             for _ in range(settle):
