@@ -26,7 +26,7 @@ def fingerprint(program: Program) -> str:
                 if isinstance(value, torch.Tensor):
                     tensor = value.detach().cpu().contiguous()
                     digest.update(f"{path}.{node.target}{tuple(tensor.shape)}{tensor.dtype}".encode())
-                    digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+                    digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # read in place, not copied
     return digest.hexdigest()
 
 
