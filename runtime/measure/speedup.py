@@ -162,12 +162,10 @@ def onnx_latency_pair(*, threads: int = LATENCY_THREADS, runs: int = 50, warmup:
     Its `round_to` is this CPU's width multiple for ONNX Runtime (16 with AVX-512, else 8). `spinning` and
     `flush_denormals` are the sessions' (runtime/ort/runners.onnx_runner), as `bench` times them.
 
-    A search measures many candidates and only confirms a few, and a dynamo export costs two to four times a
-    TorchScript one on small models (docs/design.md, 'Runtime and measurement'). So the search's measurement exports
-    with `search_exporter` (TorchScript by default), and the confirmation, which alone accepts a candidate,
-    times the files prunefx delivers (dynamo); a model with measured_files.DELIVERED_FROM_BYTES of weights, whose
-    TorchScript export is no faster, is read from the delivered files too. A fake-quantized Program always goes
-    through the INT8 lowering."""
+    The search's readings export with `search_exporter` (TorchScript by default: two to four times faster than dynamo
+    on small models), the confirmation, which alone accepts a candidate, the files prunefx delivers (dynamo); from
+    measured_files.DELIVERED_FROM_BYTES of weights the readings time the delivered files too (docs/design.md,
+    'Runtime and measurement'). A fake-quantized Program always goes through the INT8 lowering."""
     float32 = functools.partial(require_float32, runtime="ONNX Runtime")
     search = ExportCache(batch, search_exporter, check=float32, opset=opset)  # shared: the dense model is exported once per search
     if search_exporter == "dynamo":
