@@ -216,7 +216,14 @@ def latency_budget(data: dict) -> str:
     within = sum(1 for run in runs if run.get("within_target"))
     depth = [f"{model_name(run['model'])} {run['budget']:g}x through depth {run['independent']['speedup']:.2f}x"
              for run in runs if run.get("route") == "depth"]
-    return f"{within} of {len(runs)} land in [0.95 S, 1.25 S]" + "".join(f"; {text}" for text in depth)
+    refused = sum(1 for run in runs if run.get("refused"))
+    # a miss names its control pair: a control far from 1.00x says the machine moved during the check
+    missed = [f"{model_name(run['model'])} {run['budget']:g}x read {run['independent']['speedup']:.2f}x beside a "
+              f"control pair at {run['control']['speedup']:.2f}x" for run in runs
+              if not run.get("refused") and not run.get("within_target")]
+    others = ([f"{refused} refused in one line"] if refused else []) + ([f"missed: {', '.join(missed)}"] if missed else [])
+    return (f"{within} of {len(runs)} land in [0.95 S, 1.25 S]" + "".join(f", {text}" for text in others)
+            + "".join(f"; {text}" for text in depth))
 
 
 def semi_structured_speedup(data: dict) -> str:
