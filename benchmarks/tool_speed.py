@@ -143,8 +143,19 @@ def case_details(case: str, measured: Measured, output: Path) -> dict:
                "stage_seconds": report.get("seconds")}  # where the command's own clock saw the time go
     budget = report.get("budget") or {}
     if budget:
-        details.update(speedup=budget.get("speedup"), candidates=len(budget.get("trace") or []))
+        details.update(speedup=budget.get("speedup"), candidates=len(budget.get("trace") or []),
+                       search=[search_step(row) for row in budget.get("trace") or []])
     return details
+
+
+def search_step(row: dict) -> dict:
+    """One candidate of a budget search as its report's trace has it, cut to what explains the search's length:
+    its reading, and its confirmation where it had one (whether measured longer)."""
+    step = {"macs_kept": row["macs_kept"], "reading": (row.get("first") or row)["speedup"]}
+    if row.get("confirmed"):
+        interval = row.get("interval") or {}
+        step.update(confirmed=row["speedup"], low=interval.get("low"), longer=bool(row.get("longer")))
+    return step
 
 
 def default_pairs(models: list[str], cases: list[str]) -> list[tuple[str, str]]:
@@ -230,9 +241,19 @@ def _what_it_did(row: dict) -> str:
         return (f"{len(found['tries'])} tries in {found['search_seconds']:.1f} s, one prune "
                 f"{found['one_prune_seconds']:.2f} s; no export, no parity")
     if row.get("speedup") is not None:
-        return f"measured {row['speedup']:.2f}x after {counted(row['candidates'], 'candidate')}"
+        steps = "; ".join(_step_text(step) for step in row.get("search") or [])
+        return f"measured {row['speedup']:.2f}x after {counted(row['candidates'], 'candidate')}" + \
+            (f" ({steps})" if steps else "")
     parity = row.get("parity_relative")
     return "" if parity is None else f"parity {parity:.1e}"
+
+
+def _step_text(step: dict) -> str:
+    """'read 2.10x' or 'read 2.24x, confirmed 2.20x (longer)'."""
+    text = f"read {step['reading']:.2f}x"
+    if "confirmed" in step:
+        text += f", confirmed {step['confirmed']:.2f}x" + (" (longer)" if step["longer"] else "")
+    return text
 
 
 def table_rows(rows: list[dict]) -> list[list[str]]:

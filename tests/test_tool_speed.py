@@ -159,3 +159,21 @@ def test_the_real_cli_and_torch_pruning_on_the_smallest_model(tmp_path):
         assert row["macs_kept"] == pytest.approx(0.5, abs=0.03)
     assert tp_row["params"] == prunefx_row["params"] == 272186  # the same model, counted by both tools
     assert tp_row["torch_pruning"]["torch_threads"] == 1
+
+
+def test_a_budget_case_keeps_each_candidate_s_reading_and_confirmation(tmp_path):
+    """A `--speedup` case's length is its candidates: the row keeps each one's reading and, where it had one, its
+    confirmation, and the table's note lists them, so a slow search says why it was slow."""
+    benchmark = _benchmark()
+    unconfirmed = {"macs_kept": 0.47, "speedup": 2.04, "confirmed": False}
+    confirmed = {"macs_kept": 0.42, "speedup": 2.20, "confirmed": True, "longer": True,
+                 "interval": {"low": 2.08, "high": 2.33}, "first": {"speedup": 2.31}}
+    report = {"params_before": 10, "macs_before": 100, "macs_after": 42, "seconds": {},
+              "budget": {"speedup": 2.20, "trace": [unconfirmed, confirmed]}}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    details = benchmark.case_details("speedup", benchmark.Measured("ok", 1.0, 1.0, None, ""), tmp_path)
+    assert details["candidates"] == 2
+    assert details["search"] == [{"macs_kept": 0.47, "reading": 2.04},
+                                 {"macs_kept": 0.42, "reading": 2.31, "confirmed": 2.20, "low": 2.08, "longer": True}]
+    note = benchmark._what_it_did({"case": "speedup", **details})
+    assert note == "measured 2.20x after 2 candidates (read 2.04x; read 2.31x, confirmed 2.20x (longer))"
