@@ -149,6 +149,33 @@ def test_a_budget_no_route_reaches_raises_one_line_with_each_best(graph_order):
     assert "and together (depth aiming at its share of the budget, width at the rest): cannot reach a 8x speed-up with any mix of width, depth" in message
 
 
+def test_a_refusal_after_every_route_says_when_width_was_refused_by_the_noise():
+    """MobileNetV3-L at 3x on a noisy machine: width's best read 3.45x on 2.75-4.33 (refused: the interval, not the
+    point, missed), depth and the mix fell short. The one line must still say that a quieter run may land it, as
+    width's own refusal does, and the mix's derived share reads as 1.732x, not 1.73205x."""
+    from prunefx.budget.meet import _Routes
+    from prunefx.budget.outcome import RouteRefusal
+    from prunefx.budget.routes import Budget
+    from prunefx.passes.budget.search import budget_text, noise_text
+
+    wide = Measured(Timing(1.0, 1 / 3.45, 0.02, 2.75, 4.33, 0.92, "t over 4 fresh processes"), first=Timing(1.0, 0.3, 0.02))
+    short = Measured(Timing(1.0, 1 / 1.15, 0.02, 1.1, 1.2, 0.9, "t over 4 fresh processes"), first=Timing(1.0, 0.87, 0.02))
+    assert noise_text(wide, 3.0) and not noise_text(short, 3.0)  # the oracle of `noisy`: the searches' own text
+    errors = [BudgetUnreachable("width refused", dimension="width", best=wide, noisy=True),
+              BudgetUnreachable("depth refused", dimension="depth", best=short),
+              BudgetUnreachable(f"cannot reach {budget_text(3 ** 0.5, None)} by depth", dimension="width+depth", best=short)]
+    routes = _Routes.__new__(_Routes)  # the refusals alone: no search runs here
+    routes.budget = Budget(3.0, None, 0.15, True, 8)
+    routes.errors, routes.refusals = errors, [RouteRefusal.of(r, e) for r, e in zip(("width", "depth", "width+depth"), errors)]
+    final = routes._final_refusal()
+    assert final.noisy and "\n" not in str(final)
+    assert str(final).endswith("cannot reach a 1.732x speed-up by depth; width's best interval held the budget, so the "
+                               "timing was too noisy to decide: run it again with nothing else running")
+    routes.refusals[0] = RouteRefusal.of("width", BudgetUnreachable("width refused", dimension="width", best=short))
+    quiet = routes._final_refusal()
+    assert not quiet.noisy and "too noisy" not in str(quiet)
+
+
 def test_without_allow_depth_width_refuses_alone(mobilenet):
     program, _ = mobilenet
     with pytest.raises(BudgetUnreachable) as caught:

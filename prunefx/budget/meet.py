@@ -225,7 +225,11 @@ class _Routes:
         reached = (f"{'overshot at' if depth.overshot else 'best'} {speedup_text(depth.best)}" if depth.best
                    else depth.message)
         width_best = speedup_text(width.best) if width.best else width.message
+        # a route whose best point met the budget was refused by the noise, not the model: worth a quieter run
+        noisy = [refusal.route for refusal in self.refusals if refusal.noisy]
+        again = (f"; {' and '.join(noisy)}'s best interval held the budget, so the timing was too noisy to decide: run "
+                 "it again with nothing else running") if noisy else ""
         return BudgetUnreachable(f"cannot reach {budget_text(self.budget.speedup, self.budget.latency_ms)}: width's "
                                  f"best was {width_best}, depth's {reached}, and together (depth aiming at its share of the "
-                                 f"budget, width at the rest): {last.message}",
-                                 dimension="width+depth", best=width.best)
+                                 f"budget, width at the rest): {last.message}{again}",
+                                 dimension="width+depth", best=width.best, noisy=bool(noisy))

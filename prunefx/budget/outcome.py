@@ -24,10 +24,11 @@ class RouteRefusal:
     message: str
     best: Measured | None
     overshot: bool = False
+    noisy: bool = False  # `best`'s point met the budget and only its interval did not (BudgetUnreachable.noisy)
 
     @classmethod
     def of(cls, route: str, error: BudgetUnreachable) -> RouteRefusal:
-        return cls(route, str(error), error.best, error.overshot)
+        return cls(route, str(error), error.best, error.overshot, error.noisy)
 
     def to_dict(self) -> dict:
         return {"refusal": self.message, **(self.best.to_dict() if self.best else {})}
