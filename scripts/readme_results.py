@@ -37,7 +37,9 @@ MODEL_NAMES = {
     "vit_large_patch16_224": "ViT-L", "mobilenetv2_small": "MobileNetV2-small", "resnet20": "ResNet-20",
     "vit_tiny_fmnist": "ViT-tiny", "regnet_y_1_6gf": "RegNetY-1.6GF", "resnet101": "ResNet-101",
     "convnext_small": "ConvNeXt-S", "swin_t": "Swin-T", "vit_b_16": "ViT-B/16", "efficientnet_v2_s": "EfficientNetV2-S",
-    "mobilenetv4_conv_medium": "MobileNetV4-M",
+    "mobilenetv4_conv_medium": "MobileNetV4-M", "efficientnet_b1": "EfficientNet-B1",
+    "mobilenet_v3_large": "MobileNetV3-L", "convnext_atto": "ConvNeXt-atto", "deit_small_patch16_224": "DeiT-S",
+    "vit_tiny_patch16_224": "ViT-Ti",
 }
 
 
