@@ -81,6 +81,11 @@ class WidthSearch:
     def _bound_clears(self, candidate: WidthCandidate) -> bool:
         return self.rule.bound_clears(candidate.measured)
 
+    def near_miss(self, candidate: WidthCandidate) -> bool:
+        """Missed, but by less than the tolerance: on sub-millisecond models one short measurement is often
+        that far off, and believing it would prune further than the budget needs (accuracy lost for nothing)."""
+        return candidate.speedup * (1 + self.settings.tolerance) >= self._wanted_speedup(candidate)
+
     def close_enough(self, candidate: WidthCandidate) -> bool:
         """Accepted by the shared rule (met, and inside the window); else the search goes on."""
         return self.rule.accepts(candidate.measured)
@@ -139,10 +144,8 @@ class WidthSearch:
         for _ in range(self.settings.max_candidates):
             candidate = yield from self.measuring(fraction)
             if self.disagreeing(candidate) or candidate.measured.busy or \
-                    (self.meets(candidate) and not self.clearly_fast(candidate)):
-                # what could be returned and what a busy machine read. Not a reading below S times the floor: its
-                # confirmation (4 readings' cost) pays only where it reads higher by enough, which is rare
-                # (docs/latency-budgets.md); the last resort confirms it if none clears the floor (_met_below_floor)
+                    ((self.meets(candidate) or self.near_miss(candidate)) and not self.clearly_fast(candidate)):
+                # what could be returned, what a noisy first measurement put below, and what a busy machine read
                 yield from self.confirming(candidate)
             for other in self.disagreeing(candidate):  # confirmed, it still disagrees: the other reading is the suspect
                 yield from self.measuring_again(other)
@@ -202,25 +205,19 @@ class WidthSearch:
 
     def _met_below_floor(self) -> Steps:
         """None cleared the floor, widths too coarse to land above it: the least pruned whose confirmed lower bound
-        clears S. A less pruned one whose reading cleared S, not confirmed while it could not be accepted, or whose
-        interval holds S, not measured longer then, is confirmed or measured longer now (the least pruned first),
-        and taken if its lower bound then clears S."""
+        clears S. A less pruned one whose interval holds S, not measured longer while it could not be accepted,
+        is measured longer now (the least pruned first), and taken if its lower bound then clears S."""
         tried: set[int] = set()  # each at most once, even where the measurer has no longer measurement
         while True:
             plain = [c for c in self.trace if (c.measured.confirmed or not self.settings.confirm) and self._bound_clears(c)]
             best = max(plain, key=lambda c: c.fraction, default=None)
             undecided = [c for c in self.trace if c.same_as is None and id(c) not in tried
-                         and (best is None or c.fraction > best.fraction) and self._undecided(c)]
+                         and self.rule.wants_longer(c.measured) and (best is None or c.fraction > best.fraction)]
             if not undecided:
                 return best
             chosen = max(undecided, key=lambda c: c.fraction)
             tried.add(id(chosen))
             yield from self.rule.confirming(chosen.measured, self.dense, chosen.result.program)
-
-    def _undecided(self, candidate: WidthCandidate) -> bool:
-        """A reading that cleared S left unconfirmed below the floor, or a confirmation whose interval holds S."""
-        unconfirmed = self.settings.confirm and not candidate.measured.confirmed and self._bound_clears(candidate)
-        return unconfirmed or self.rule.wants_longer(candidate.measured)
 
     def _bracket(self) -> tuple[WidthCandidate | None, WidthCandidate | None]:
         """The least pruned candidate that met the budget and the most pruned one that missed it, by the
