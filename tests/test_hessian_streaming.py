@@ -7,13 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from prunefx.graph import capture, count, layer_hessians
+from prunefx.graph import capture, count, gram_sum, layer_hessians, packed_hessian
 from prunefx.graph.activations import run_tapped, tap_nodes
 from prunefx.graph.channels import saliency
 from prunefx.graph.channels.compensation import compensate_removed_inputs
 from prunefx.graph.channels.groups import find_channel_groups
-from prunefx.graph.layer_hessians import PackedHessian, iter_hessians
+from prunefx.graph.layer_hessians import iter_hessians
 from prunefx.graph.layer_inputs import InputSpec, find_consumers
+from prunefx.graph.packed_hessian import PackedHessian
 from prunefx.graph.staged_run import StagedRun
 from prunefx.graph.timing import Timing
 from prunefx.passes.budget import measurement
@@ -126,7 +127,7 @@ def test_a_hessian_that_cannot_be_spilled_stays_in_memory(monkeypatch):
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(layer_hessians.tempfile, "TemporaryFile", full)
+    monkeypatch.setattr(packed_hessian.tempfile, "TemporaryFile", full)
     hessian = torch.eye(5, dtype=torch.float64)
     packed = PackedHessian(hessian, torch.float32, spill=True)
     assert packed.bytes_in_memory == 15 * 4 and torch.equal(packed.unpack(), hessian)
@@ -138,7 +139,7 @@ def test_the_cache_holds_packed_hessians_and_the_compensation_drops_them(monkeyp
     compensation, its last reader, leaves no Hessian in it, and compensates exactly as it does from
     Hessians gathered afresh (rounded alike)."""
     if in_memory == "nothing":
-        monkeypatch.setattr(layer_hessians, "CACHE_IN_MEMORY", 0)
+        monkeypatch.setattr(packed_hessian, "CACHE_IN_MEMORY", 0)
     program, batches = _program_and_batches()
     combing = find_channel_groups(program.module)
     removed = {int(c) for c in combing.groups[0].classes[:3]}
@@ -222,14 +223,14 @@ def test_a_wide_layer_input_with_many_rows_has_its_hessian_summed_over_rows_draw
     columns, batches = 16, 8
     mixing = torch.randn(columns, columns)
     data = [torch.randn(512, columns) @ mixing for _ in range(batches)]  # correlated columns, as activations are
-    full = layer_hessians.GramSum()
+    full = gram_sum.GramSum()
     for x in data:
         full.add(x)
     everything = full.finish()
-    most = layer_hessians.most_rows(columns)
-    assert most == layer_hessians.GRAM_BUDGET // columns**2  # far more rows than these batches hold
-    monkeypatch.setattr(layer_hessians, "GRAM_BUDGET", 1024 * columns**2)  # a quarter of the 4096 rows
-    drawn = layer_hessians.GramSum(most_rows=layer_hessians.most_rows(columns), batches=batches)
+    most = gram_sum.most_rows(columns)
+    assert most == gram_sum.GRAM_BUDGET // columns**2  # far more rows than these batches hold
+    monkeypatch.setattr(gram_sum, "GRAM_BUDGET", 1024 * columns**2)  # a quarter of the 4096 rows
+    drawn = gram_sum.GramSum(most_rows=gram_sum.most_rows(columns), batches=batches)
     for x in data:
         drawn.add(x)
     estimate = drawn.finish()
@@ -243,12 +244,12 @@ def test_rows_are_drawn_no_fewer_than_the_floor_and_not_at_all_within_the_budget
     specs = _specs(program)
     summed = {spec: rows for spec, _, rows in iter_hessians(program.module, specs, batches)}
     assert all(rows.drawn_from is None for rows in summed.values())
-    monkeypatch.setattr(layer_hessians, "GRAM_BUDGET", 0)  # every input at its floor: 2 rows a column
+    monkeypatch.setattr(gram_sum, "GRAM_BUDGET", 0)  # every input at its floor: 2 rows a column
     drawn = {spec: rows for spec, _, rows in iter_hessians(program.module, specs, batches)}
     assert any(rows.drawn_from for rows in drawn.values())
     for spec, rows in drawn.items():
         columns = layer_hessians._columns(program.module, spec)
-        floor = layer_hessians.MIN_ROWS_PER_COLUMN * columns
+        floor = gram_sum.MIN_ROWS_PER_COLUMN * columns
         if summed[spec].count <= floor:
             assert rows.drawn_from is None and rows.count == summed[spec].count
         else:
@@ -295,7 +296,7 @@ def test_batches_of_unequal_rows_each_give_their_share_and_h_stays_the_sum_over_
     columns, most = 16, 400
     mixing = torch.randn(columns, columns)
     data = [torch.randn(size, columns) @ mixing for size in sizes]
-    full, drawn = layer_hessians.GramSum(), layer_hessians.GramSum(most_rows=most, batches=len(sizes))
+    full, drawn = gram_sum.GramSum(), gram_sum.GramSum(most_rows=most, batches=len(sizes))
     for x in data:
         full.add(x)
         drawn.add(x)

@@ -5,7 +5,7 @@ bytes or at the end; the rows are kept exactly while they are few enough, and dr
 import pytest
 import torch
 
-from prunefx.graph.layer_hessians import Float64Rows, GramSum
+from prunefx.graph.gram_sum import Float64Rows, GramSum
 
 BATCH_ROWS = (3, 2100, 40, 1, 5000)
 

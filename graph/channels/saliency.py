@@ -86,7 +86,7 @@ def hessians_shared() -> Iterator[None]:
     scoring of the same model and data hands them on with the scores: a budget search's every candidate is
     compensated from the Hessians of the same dense network, which it would otherwise gather again (a ViT-L's:
     about a minute on two cores). One model's at a time, dropped with the block: a ViT-L's are 0.95 GB, mostly
-    in temporary files (graph/layer_hessians.py, PackedHessian)."""
+    in temporary files (graph/packed_hessian.py)."""
     token = _SHARED.set({})
     try:
         yield
