@@ -142,6 +142,8 @@ RUNS = (
     Run("prune_profile", "prune_profile", minutes=5, guessed=True),
     Run("plain_loop_recovery", "plain_loop_recovery", minutes=2),
     Run("process_rounds", "process_rounds", ("--repeats", "6"), minutes=2),
+    # a ViT-L's search readings with its blocks fitted to several passes of a round, or to one
+    Run("long_call_readings", "long_call_readings", ("--repeats", "10"), minutes=7, guessed=True),
     # the files latency_budget's run (earlier in this list) leaves in run_all.py's build/bench/latency_budget/
     Run("process_rounds_effb1_3x", "process_rounds",
         ("--pair", "build/bench/latency_budget/torchvision_efficientnet_b1_160/dense.onnx",

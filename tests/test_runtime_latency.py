@@ -400,19 +400,35 @@ def test_a_large_model_is_read_and_confirmed_from_one_delivered_export_each(monk
     assert sorted(asked) == [("candidate", "dynamo"), ("dense", "dynamo"), ("small", "torchscript")]
 
 
-def test_a_round_of_long_calls_cuts_its_blocks_so_that_one_pass_fits_its_seconds():
-    """Warmed calls of 2 s and 1 s, blocks of 10 after 2 settling calls: one pass would take 36 s. With 15 s a round,
-    blocks of 3 (5 calls a side, 15 s); with 3 s, still 3 (the fewest); short calls keep their blocks of 10, and so does
-    a round without `seconds`. Oracle: the pass's length, counted from the scripted durations."""
-    from prunefx.runtime.measure.timing_loop import MIN_FITTED_BLOCK, alternate
+def _counted(clock: FakeClock, made: list[int], side: int, ms: float):
+    """A call of `ms` on `clock` that counts itself in `made[side]`."""
+    def call():
+        made[side] += 1
+        clock.now += ms / 1e3
+    return call
 
-    for durations, seconds, size in (((2000.0, 1000.0), 15.0, 3), ((2000.0, 1000.0), 3.0, MIN_FITTED_BLOCK),
-                                     ((20.0, 10.0), 15.0, 10), ((2000.0, 1000.0), None, 10)):
-        clock = FakeClock()
-        a, b = (clock.callable_taking([ms] * 200) for ms in durations)
-        blocks_a, blocks_b = alternate(a, b, 2, 10, 10, 2, clock, seconds=seconds)
-        assert len(blocks_a[0]) == len(blocks_b[0]) == size
-        assert sum(blocks_a[0]) + sum(blocks_b[0]) == pytest.approx(size * sum(durations) / 1e3)
+
+def test_a_round_of_long_calls_cuts_its_blocks_so_that_four_passes_fit_its_seconds():
+    """Warmed calls of a and b, blocks of 10 after 2 settling calls, 60 runs asked. Calls of 200 and 100 ms in 15 s:
+    a pass may take 3.75 s, 12 calls a side, so the blocks stay 10; in 6 s, 1.5 s or 5 calls a side: blocks of 3
+    after the 2 settling calls; in 3 s, 0.75 s or 2 calls a side: too few for 3 timed ones, so blocks of 2 with no
+    settling call. Calls of 2 s and 1 s in 15 s: single calls, a and b by turns (1 fits a pass of 3.75 s), and so in
+    1 s, where none fits. Short calls and a round without `seconds` keep their blocks. Oracle: the calls made and
+    the clock, counted from the scripted durations."""
+    from prunefx.runtime.measure.timing_loop import MIN_PASSES, alternate
+
+    assert MIN_PASSES == 4  # the sizes below are worked out for it
+    for durations, seconds, size, settle in (((200.0, 100.0), 15.0, 10, 2), ((200.0, 100.0), 6.0, 3, 2),
+                                             ((200.0, 100.0), 3.0, 2, 0), ((2000.0, 1000.0), 15.0, 1, 0),
+                                             ((2000.0, 1000.0), 1.0, 1, 0), ((20.0, 10.0), 15.0, 10, 2),
+                                             ((2000.0, 1000.0), None, 10, 2)):
+        clock, made = FakeClock(), [0, 0]
+        blocks_a, blocks_b = alternate(_counted(clock, made, 0, durations[0]), _counted(clock, made, 1, durations[1]),
+                                       2, 60, 10, 2, clock, seconds=seconds)
+        assert {len(block) for block in blocks_a + blocks_b} == {size}, (durations, seconds)
+        passes = len(blocks_a)
+        assert made == [2 + passes * (size + settle)] * 2, (durations, seconds)  # 2 warm-up calls a side
+        assert clock.now == pytest.approx(made[0] * durations[0] / 1e3 + made[1] * durations[1] / 1e3)
 
 
 def test_a_round_with_seconds_times_whole_passes_until_they_have_passed():

@@ -27,10 +27,10 @@ from prunefx.runtime.ort.threads import LATENCY_THREADS
 
 Measure = Callable[[Program, Program], float]
 CONFIRM_ROUNDS = 4  # fresh processes a confirmation spreads its runs over (latency.compare_rounds)
-# A search reading, and each round of a confirmation, times whole passes of blocks within this long (at least one,
-# of smaller blocks where calls are long: timing_loop.alternate_all): a ViT-L on 2 cores (0.7 s for a call of each
-# model) then takes 4 runs a side, not 30, and a median of long calls is steady (a confirmation's interval, over its
-# rounds, widens where it is not)
+# A search reading, and each round of a confirmation, times whole passes of blocks within this long (at least one;
+# smaller blocks where calls are long, so that several passes fit: timing_loop.fitted_blocks): a ViT-L on 2 cores
+# (1.1 s for a call of each model) then takes 4 runs a side, call by call, not 30, and a median of long calls is
+# steady (a confirmation's interval, over its rounds, widens where it is not)
 ROUND_SECONDS = 5.0
 # (before, after) -> (before ms, after ms, spread): medians measured side by side, and the after side's
 # p90/median - 1 (how noisy the measurement was), for passes that meet a latency budget

@@ -20,8 +20,12 @@ class NoBar:
 # Warm-up stops after this long (both sides, at least two calls each): a model of a tenth of a second is warm
 # after a few calls, and twenty of them per side and round made most of a large model's confirmation.
 WARM_SECONDS = 1.0
-# The fewest timed calls a block shrinks to so that a pass of blocks fits a round's `seconds` (fitted_block): the
-# median of three long calls a side is steady, and the rounds, not the calls, are the interval's units.
+# A round with `seconds` holds at least this many passes of blocks where its calls allow (fitted_blocks): a
+# disturbance of a second or two (a neighbour's burst on a shared host) then lands on blocks of both sides, not on
+# one side's only block (benchmarks/long_call_readings.py measures a ViT-L's readings both ways).
+MIN_PASSES = 4
+# The fewest timed calls a block shrinks to, after its settling calls, so that MIN_PASSES passes fit a round: the
+# median of three calls a side is steady. Calls too long even for that alternate in shorter blocks, unsettled.
 MIN_FITTED_BLOCK = 3
 
 
@@ -42,12 +46,12 @@ def alternate_all(fns: tuple[Callable[[], object], ...], warmup: int, runs: int,
     callable is timed in pass i, in order on even passes and reversed on odd ones; the blocks of each, in seconds.
     `seconds`: fewer runs than `runs` where a pass of blocks is long, whole passes (at least one) within that long,
     a pass that would end past it (as long as the one before) not begun (a slow model's round: its calls are long,
-    so few of them give a steady median), each block cut to fit one pass into `seconds` where the warm-up's calls
-    say it would not (fitted_block)."""
+    so few of them give a steady median), its blocks cut so that MIN_PASSES passes fit into `seconds` where the
+    warm-up's calls say they would not (fitted_blocks)."""
     bar = bar if bar is not None else NoBar()
     last_warm = warm(fns, warmup, clock)
     if seconds is not None:
-        block = fitted_block(block, settle, seconds, last_warm)
+        block, settle = fitted_blocks(block, settle, seconds, last_warm)
     blocks: list[list[list[float]]] = [[] for _ in fns]
     started = last_pass = clock()
     while sum(map(len, blocks[0])) < runs:
@@ -70,15 +74,21 @@ def in_turn(sides: tuple, index: int) -> tuple:
     return sides if index % 2 == 0 else sides[::-1]
 
 
-def fitted_block(block: int, settle: int, seconds: float, call_seconds: list[float] | None) -> int:
-    """`block`, or fewer timed calls (not under MIN_FITTED_BLOCK) where a pass of blocks, each side's `settle` and
-    `block` calls at `call_seconds` (its last warm-up call; None: not warmed, kept), would outlast `seconds`: a
-    ViT-L's pair of calls takes 0.8 s on 2 cores, and a first pass of 12 a side made a 5-second round 10 s long."""
-    if not call_seconds:
-        return block
-    per_call = sum(call_seconds)
-    fits = int(seconds / per_call) - settle if per_call > 0 else block
-    return min(block, max(MIN_FITTED_BLOCK, fits))
+def fitted_blocks(block: int, settle: int, seconds: float, call_seconds: list[float] | None) -> tuple[int, int]:
+    """(block, settle) as given where MIN_PASSES passes of them fit `seconds`, each side's `settle` and `block` calls
+    at `call_seconds` (its last warm-up call; None: not warmed, kept); else fewer timed calls a block, not under
+    MIN_FITTED_BLOCK; where even those do not fit, as many calls as fit (one at least: a ViT-L's pair takes 1.1 s on
+    2 cores) and no settling call. Such calls are long: their weights outgrow the caches, so a settling call would
+    leave nothing warm for the next, and short blocks spread a burst over both sides."""
+    per_call = sum(call_seconds) if call_seconds else 0.0
+    if per_call <= 0:
+        return block, settle
+    fits = int(seconds / (MIN_PASSES * per_call))  # calls a side one pass can hold, settling ones included
+    if fits >= block + settle:
+        return block, settle
+    if fits >= MIN_FITTED_BLOCK + settle:
+        return fits - settle, settle
+    return max(1, fits), 0
 
 
 def warm(fns: tuple[Callable[[], object], ...], warmup: int, clock: Callable[[], float]) -> list[float] | None:
