@@ -376,14 +376,14 @@ def test_a_session_maker_checks_the_file_before_any_round_starts(tmp_path):
 
 
 def test_a_round_in_a_fresh_process_stops_its_passes_after_its_seconds(tmp_path):
-    """rounds.py honours `seconds` for plain sessions: 0 seconds, one pass of blocks (2 runs a side of the 8 asked);
-    none, every run."""
+    """rounds.py honours `seconds` for plain sessions: 0 seconds, one pass of blocks cut to a single call (no call
+    fits, timing_loop.fitted_blocks: 1 run a side of the 8 asked); none, every run."""
     from prunefx.runtime.ort.runners import OnnxRunnerMaker
 
     maker = OnnxRunnerMaker(_relu_file(tmp_path / "relu.onnx"), [np.ones((1, 8), np.float32)], threads=1)
     short = compare_rounds(maker, maker, rounds=2, warmup=1, runs=16, block=2, settle=0, processes=True, seconds=0)
     whole = compare_rounds(maker, maker, rounds=2, warmup=1, runs=16, block=2, settle=0, processes=True)
-    assert (short.a.runs, short.b.runs) == (4, 4) and (whole.a.runs, whole.b.runs) == (16, 16)
+    assert (short.a.runs, short.b.runs) == (2, 2) and (whole.a.runs, whole.b.runs) == (16, 16)
 
 
 def test_the_onnx_confirmation_caps_each_round_at_round_seconds(monkeypatch):
