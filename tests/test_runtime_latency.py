@@ -410,15 +410,14 @@ def _counted(clock: FakeClock, made: list[int], side: int, ms: float):
 
 def test_a_round_of_long_calls_cuts_its_blocks_so_that_four_passes_fit_its_seconds():
     """Warmed calls of a and b, blocks of 10 after 2 settling calls, 60 runs asked. Calls of 200 and 100 ms in 15 s:
-    a pass may take 3.75 s, 12 calls a side, so the blocks stay 10; in 6 s, 1.5 s or 5 calls a side: blocks of 3
-    after the 2 settling calls; in 3 s, 0.75 s or 2 calls a side: too few for 3 timed ones, so blocks of 2 with no
-    settling call. Calls of 2 s and 1 s in 15 s: single calls, a and b by turns (1 fits a pass of 3.75 s), and so in
-    1 s, where none fits. Short calls and a round without `seconds` keep their blocks. Oracle: the calls made and
-    the clock, counted from the scripted durations."""
+    a pass may take 3.75 s, 12 calls a side, so the blocks stay as they are; in 6 s, 1.5 s or 5 calls a side: blocks
+    of 5 with no settling call; in 3 s, blocks of 2. Calls of 2 s and 1 s in 15 s: single calls, a and b by turns
+    (1 fits a pass of 3.75 s), and so in 1 s, where none fits. Short calls and a round without `seconds` keep their
+    blocks. Oracle: the calls made and the clock, counted from the scripted durations."""
     from prunefx.runtime.measure.timing_loop import MIN_PASSES, alternate
 
     assert MIN_PASSES == 4  # the sizes below are worked out for it
-    for durations, seconds, size, settle in (((200.0, 100.0), 15.0, 10, 2), ((200.0, 100.0), 6.0, 3, 2),
+    for durations, seconds, size, settle in (((200.0, 100.0), 15.0, 10, 2), ((200.0, 100.0), 6.0, 5, 0),
                                              ((200.0, 100.0), 3.0, 2, 0), ((2000.0, 1000.0), 15.0, 1, 0),
                                              ((2000.0, 1000.0), 1.0, 1, 0), ((20.0, 10.0), 15.0, 10, 2),
                                              ((2000.0, 1000.0), None, 10, 2)):

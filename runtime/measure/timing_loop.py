@@ -24,9 +24,6 @@ WARM_SECONDS = 1.0
 # disturbance of a second or two (a neighbour's burst on a shared host) then lands on blocks of both sides, not on
 # one side's only block (benchmarks/long_call_readings.py measures a ViT-L's readings both ways).
 MIN_PASSES = 4
-# The fewest timed calls a block shrinks to, after its settling calls, so that MIN_PASSES passes fit a round: the
-# median of three calls a side is steady. Calls too long even for that alternate in shorter blocks, unsettled.
-MIN_FITTED_BLOCK = 3
 
 
 def alternate(fn_a: Callable[[], object], fn_b: Callable[[], object], warmup: int, runs: int, block: int,
@@ -76,18 +73,13 @@ def in_turn(sides: tuple, index: int) -> tuple:
 
 def fitted_blocks(block: int, settle: int, seconds: float, call_seconds: list[float] | None) -> tuple[int, int]:
     """(block, settle) as given where MIN_PASSES passes of them fit `seconds`, each side's `settle` and `block` calls
-    at `call_seconds` (its last warm-up call; None: not warmed, kept); else fewer timed calls a block, not under
-    MIN_FITTED_BLOCK; where even those do not fit, as many calls as fit (one at least: a ViT-L's pair takes 1.1 s on
-    2 cores) and no settling call. Such calls are long: their weights outgrow the caches, so a settling call would
-    leave nothing warm for the next, and short blocks spread a burst over both sides."""
+    at `call_seconds` (its last warm-up call; None: not warmed, kept); else blocks of as many calls as fit (one at
+    least: a ViT-L's pair takes 1.1 s on 2 cores) and no settling call. Calls that long (a pair over 0.1 s in a 5 s
+    round) read weights far larger than the caches, so a settling call would leave nothing warm for the next."""
     per_call = sum(call_seconds) if call_seconds else 0.0
-    if per_call <= 0:
-        return block, settle
-    fits = int(seconds / (MIN_PASSES * per_call))  # calls a side one pass can hold, settling ones included
+    fits = int(seconds / (MIN_PASSES * per_call)) if per_call > 0 else block + settle  # calls a side a pass holds
     if fits >= block + settle:
         return block, settle
-    if fits >= MIN_FITTED_BLOCK + settle:
-        return fits - settle, settle
     return max(1, fits), 0
 
 
