@@ -34,10 +34,13 @@ class FakeClock:
         return self.now
 
     def callable_taking(self, durations_ms):
+        """A callable whose calls take `durations_ms` in turn; its `calls` counts them."""
         durations = iter(durations_ms)
 
         def fn():
+            fn.calls += 1
             self.now += next(durations) / 1e3
+        fn.calls = 0
         return fn
 
 
@@ -400,14 +403,6 @@ def test_a_large_model_is_read_and_confirmed_from_one_delivered_export_each(monk
     assert sorted(asked) == [("candidate", "dynamo"), ("dense", "dynamo"), ("small", "torchscript")]
 
 
-def _counted(clock: FakeClock, made: list[int], side: int, ms: float):
-    """A call of `ms` on `clock` that counts itself in `made[side]`."""
-    def call():
-        made[side] += 1
-        clock.now += ms / 1e3
-    return call
-
-
 def test_a_round_of_long_calls_cuts_its_blocks_so_that_four_passes_fit_its_seconds():
     """Warmed calls of a and b, blocks of 10 after 2 settling calls, 60 runs asked. Calls of 200 and 100 ms in 15 s:
     a pass may take 3.75 s, 12 calls a side, so the blocks stay as they are; in 6 s, 1.5 s or 5 calls a side: blocks
@@ -421,9 +416,10 @@ def test_a_round_of_long_calls_cuts_its_blocks_so_that_four_passes_fit_its_secon
                                              ((200.0, 100.0), 3.0, 2, 0), ((2000.0, 1000.0), 15.0, 1, 0),
                                              ((2000.0, 1000.0), 1.0, 1, 0), ((20.0, 10.0), 15.0, 10, 2),
                                              ((2000.0, 1000.0), None, 10, 2)):
-        clock, made = FakeClock(), [0, 0]
-        blocks_a, blocks_b = alternate(_counted(clock, made, 0, durations[0]), _counted(clock, made, 1, durations[1]),
-                                       2, 60, 10, 2, clock, seconds=seconds)
+        clock = FakeClock()
+        a, b = (clock.callable_taking([ms] * 200) for ms in durations)
+        blocks_a, blocks_b = alternate(a, b, 2, 60, 10, 2, clock, seconds=seconds)
+        made = [a.calls, b.calls]
         assert {len(block) for block in blocks_a + blocks_b} == {size}, (durations, seconds)
         passes = len(blocks_a)
         assert made == [2 + passes * (size + settle)] * 2, (durations, seconds)  # 2 warm-up calls a side
