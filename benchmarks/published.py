@@ -107,6 +107,8 @@ RUNS = (
     Run("combing_time", "combing_time", minutes=1),
     # simulated (an oracle runtime): the budget search's rules on a machine busy for a while
     Run("budget_search_noise", "budget_search_noise", minutes=4),
+    # simulated: the width search's steps under timing jitter, its bracket's ends drawn in (Illinois) and as read
+    Run("bracket_steps", "bracket_steps", minutes=10),
     # the OBS elimination's host reads (each a wait on a GPU), counted on the CPU
     Run("obs_host_reads", "obs_host_reads", minutes=1),
     # a real speed-up reading beside a competing process, and the share of the cores the load meter reads

@@ -430,6 +430,28 @@ def test_between_a_miss_and_a_candidate_too_fast_the_next_lands_inside_the_windo
     assert result.stats["speedup"] == pytest.approx(dense_ms / ms)
 
 
+def test_an_end_of_the_bracket_left_in_place_draws_the_steps_towards_it(resnet20):
+    """A runtime less elastic than the MACs (speed-up = kept^-0.8) whose first reading is spoilt (the candidate
+    timed 1.5x slower, later confirmed): plain regula falsi crept from above the window towards the miss, in
+    steps down to 2 % of the MACs, and took 7 candidates. With the miss's distance from the aim halved each time
+    it is left in place again (Illinois), the search lands in the window in at most 5."""
+    dense_macs = count(resnet20).macs
+    calls = []
+
+    def truth(candidate):
+        return (count(candidate).macs / dense_macs) ** 0.8
+
+    def latency(dense, candidate):
+        calls.append(candidate)
+        return Timing(1.0, truth(candidate) * (1.5 if len(calls) == 1 else 1.0), 0.0)
+
+    latency.confirm = lambda dense, candidate: Timing(1.0, truth(candidate), 0.0)
+    result = prune_to_budget(resnet20.clone(), config={"speedup": 1.5, "tolerance": 0.05, "latency": latency,
+                                                       "round_to": 1})
+    assert len(calls) <= 5
+    assert 1.5 * 1.05 ** 0.5 <= 1 / truth(result.program) <= 1.5 * 1.05  # the oracle, on the model returned
+
+
 def test_an_input_already_faster_than_the_reference_is_pruned_only_for_the_rest(resnet20):
     """Width after depth: the candidates are measured against a reference the input is already 2x faster than
     (a stand-in reference with twice the cost). Told so (start_speedup), the first guess removes only what

@@ -1,7 +1,8 @@
 """The speed-up curve as a width budget search reads it (passes/budget/width_search.py): speed-up = c * fraction^k,
 a straight line in (log fraction, log speed-up), its slope k held to ELASTICITY because two noisy readings close
-together can suggest any slope, even a wrong sign; a step along it held to STEP; and two readings that no such
-line can join, which one of them must be noise."""
+together can suggest any slope, even a wrong sign; a step along it held to STEP; a bracket's end drawn towards
+the aim where steps keep leaving it in place; and two readings that no such line can join, which one of them
+must be noise."""
 
 from __future__ import annotations
 
@@ -57,3 +58,10 @@ def log_fraction_at(aim: float, a: Reading, b: Reading) -> float:
     slope = rise / run if run else -1.0
     slope = min(max(slope, ELASTICITY[0]), ELASTICITY[1])
     return math.log(a.fraction) + (aim - math.log(max(a.speedup, 1e-6))) / slope
+
+
+def drawn_to(aim: float, end: Reading, times: int) -> Point:
+    """`end` with its distance from `aim` (in log speed-up) halved `times` times: the Illinois variant of regula
+    falsi, for an end of the bracket that steps keep leaving in place. A line to the end as read moves towards it
+    by ever smaller steps; drawn in, the line crosses the aim nearer to it."""
+    return Point(end.fraction, math.exp(aim + (math.log(max(end.speedup, 1e-6)) - aim) * 0.5 ** times))
