@@ -234,8 +234,9 @@ class WidthSearch:
         of the acceptance window [S, S (1 + tolerance)]. Between a candidate that met and one that missed,
         the line through them, kept inside their bracket (regula falsi, an end left in place drawn in:
         _held_ends); with none missed, the dense model is the one that missed (1.0x at fraction 1); with none met,
-        the line through the two nearest candidates, or k = -1 (latency proportional to MACs) with one. Aiming at the window rather than stepping by a fixed factor keeps
-        a near miss from cutting far more than the budget needs."""
+        the line through the two nearest candidates, or k = -1 (latency proportional to MACs) with one. Aiming at
+        the window rather than stepping by a fixed factor keeps a near miss from cutting far more than the budget
+        needs."""
         anchor = bad if bad is not None else good
         if anchor is None:  # nothing measured yet: no line to aim along
             return None
