@@ -1,5 +1,5 @@
 """How many candidates a width budget search takes under ordinary timing jitter, with its bracket's ends weighted
-the Illinois way (the search's rule: passes/budget/width_search.py, `_held_ends`) and as plain regula falsi.
+the Illinois way (the search's rule: passes/budget/speedup_curve.py, `bracket_ends`) and as plain regula falsi.
 
 Simulated, not timed: the measuring function is an oracle on prunefx's Fashion-MNIST ResNet-20 whose true speed-up
 is kept^-0.8 (kept: the candidate's share of the dense MACs; a runtime less elastic than the MACs, as ONNX Runtime
@@ -29,8 +29,8 @@ from common import command_line, machine_info, machine_summary, markdown_table, 
 from prunefx.graph import capture, count
 from prunefx.models import build_model
 from prunefx.passes import prune_to_budget
+from prunefx.passes.budget import width_search
 from prunefx.passes.budget.measurement import Timing
-from prunefx.passes.budget.width_search import WidthSearch
 from prunefx.runtime.measure.ratio_interval import ratio_interval
 
 ELASTICITY = 0.8  # true speed-up = kept^-ELASTICITY
@@ -79,12 +79,12 @@ class Jittered:
 @contextlib.contextmanager
 def plain_regula_falsi():
     """The search with its bracket's ends taken as read (the ablation): no Illinois weighting."""
-    held_ends = WidthSearch._held_ends
-    WidthSearch._held_ends = lambda self, good, missed, aim: (good, missed)
+    drawn_in = width_search.bracket_ends
+    width_search.bracket_ends = lambda good, missed, met, aim: (good, missed)
     try:
         yield
     finally:
-        WidthSearch._held_ends = held_ends
+        width_search.bracket_ends = drawn_in
 
 
 def trial(dense, speedup: float, sigma: float, spoilt_first: bool, seed: int) -> tuple[str, int, int]:

@@ -23,7 +23,7 @@ from prunefx.passes.budget.search import (
     noise_text,
     speedup_text,
 )
-from prunefx.passes.budget.speedup_curve import DENSE, Reading, at_odds, drawn_to, held, log_fraction_at
+from prunefx.passes.budget.speedup_curve import DENSE, at_odds, bracket_ends, held, log_fraction_at
 from prunefx.passes.core.pipeline import run_inner
 from prunefx.passes.core.result import Result
 from prunefx.passes.removal.channels_removed import ChannelsRemoved
@@ -233,10 +233,10 @@ class WidthSearch:
         measured speed-ups, read as speed-up = c * fraction^k (a straight line in log-log), reach the middle
         of the acceptance window [S, S (1 + tolerance)]. Between a candidate that met and one that missed,
         the line through them, kept inside their bracket (regula falsi, an end left in place drawn in:
-        _held_ends); with none missed, the dense model is the one that missed (1.0x at fraction 1); with none met,
-        the line through the two nearest candidates, or k = -1 (latency proportional to MACs) with one. Aiming at
-        the window rather than stepping by a fixed factor keeps a near miss from cutting far more than the budget
-        needs."""
+        speedup_curve.bracket_ends); with none missed, the dense model is the one that missed (1.0x at fraction
+        1); with none met, the line through the two nearest candidates, or k = -1 (latency proportional to MACs)
+        with one. Aiming at the window rather than stepping by a fixed factor keeps a near miss from cutting far
+        more than the budget needs."""
         anchor = bad if bad is not None else good
         if anchor is None:  # nothing measured yet: no line to aim along
             return None
@@ -248,8 +248,9 @@ class WidthSearch:
         if good is not None and missed is not None:
             low, high = sorted((math.log(good.fraction), math.log(missed.fraction)))  # met: the smaller fraction
             margin = BRACKET_MARGIN * (high - low)
-            held_good, held_missed = self._held_ends(good, missed, aim)
-            fraction = math.exp(min(max(log_fraction_at(aim, held_missed, held_good), low + margin), high - margin))
+            met = [self.meets(c) for c in self.trace if c.same_as is None]
+            good_end, missed_end = bracket_ends(good, missed, met, aim)
+            fraction = math.exp(min(max(log_fraction_at(aim, missed_end, good_end), low + margin), high - margin))
         else:
             side = [c for c in self.trace if self.meets(c) == self.meets(anchor)]
             nearest = sorted(side, key=lambda c: abs(math.log(c.fraction / anchor.fraction)))[:2]
@@ -259,21 +260,6 @@ class WidthSearch:
         if fraction < SMALLEST_FRACTION or any(abs(fraction - t) <= 0.005 for t in tried):
             return None
         return fraction
-
-    def _held_ends(self, good: Reading, missed: Reading, aim: float) -> tuple[Reading, Reading]:
-        """The bracket's ends as the next line joins them: an end the last k >= 2 candidates left in place (all fell
-        on the other side) drawn to the aim (speedup_curve.drawn_to), but for the dense model's, which is known.
-        Otherwise one end can hold a steep line for step after step, and the candidates creep towards it from the
-        other side (a ResNet-50 search kept a first reading of 1.68x at 0.46 of the MACs as its miss while 5
-        candidates came towards it from above the window, 1 to 2 % of the MACs at a time)."""
-        sides = [self.meets(c) for c in self.trace if c.same_as is None]
-        latest = sides[-1] if sides else True
-        run = next((i for i, side in enumerate(reversed(sides)) if side != latest), len(sides))  # the latest side's
-        held = missed if latest else good
-        if run < 2 or held is DENSE:  # the dense model's 1.0x is known, not read: steps towards it measure nothing new
-            return good, missed
-        drawn = drawn_to(aim, held, run - 1)
-        return (good, drawn) if latest else (drawn, missed)
 
     def _wanted_speedup(self, c: WidthCandidate) -> float:
         return self.rule.wanted(c.measured)
