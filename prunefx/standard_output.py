@@ -13,7 +13,8 @@ import contextlib
 import os
 import select
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 
 class WatchedStream:
@@ -42,17 +43,24 @@ class WatchedStream:
 
 
 @contextlib.contextmanager
-def watched_stdout() -> Iterator[WatchedStream | None]:
-    if sys.stdout is None:  # started with stdout closed (`>&-`): print writes nothing
+def stood_in(name: str, make: Callable[[Any], Any]) -> Iterator[Any]:
+    """sys.`name` ("stdout", "stderr") as `make(it)` inside the block, as it was after; None where the process
+    has no such stream (started with it closed, `>&-`: print writes nothing)."""
+    stream = getattr(sys, name)
+    if stream is None:
         yield None
         return
-    watch = WatchedStream(sys.stdout)
-    sys.stdout = watch
+    stand_in = make(stream)
+    setattr(sys, name, stand_in)
     try:
-        yield watch
+        yield stand_in
     finally:
-        if sys.stdout is watch:
-            sys.stdout = watch._stream
+        if getattr(sys, name) is stand_in:
+            setattr(sys, name, stream)
+
+
+def watched_stdout() -> contextlib.AbstractContextManager[WatchedStream | None]:
+    return stood_in("stdout", WatchedStream)
 
 
 def reader_gone() -> bool:

@@ -61,6 +61,33 @@ def test_a_closed_standard_error_leaves_a_calibrated_prune_to_finish(tmp_path):
     assert "compensated" in done.stdout and (tmp_path / "out" / "model.onnx").is_file()
 
 
+CLOSED_STDERR_PRUNE = textwrap.dedent("""
+    import sys
+    import prunefx.graph.progress as progress
+    progress.LINE_EVERY = 0.01  # a progress line at every step, from the bar's updates and from its thread
+    from prunefx.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_a_reader_of_standard_error_gone_leaves_a_calibrated_prune_to_finish(tmp_path):
+    """`prunefx -v prune ... 2>&1 >log | head -3`: the pipe's reader is gone before the first message. A write that
+    raised inside a progress line's redraw left tqdm's lock held, and the run waited on it for ever."""
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-c", CLOSED_STDERR_PRUNE, "-v", "prune", "prunefx:resnet20",
+                                "--input-shape", "1x1x28x28", "--macs", "0.5", "--calibrate", "fashion-mnist",
+                                "--calibration-images", "16", "-o", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stderr.close()  # before prunefx writes a byte: torch alone takes seconds to import
+    try:
+        said, _ = process.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise AssertionError("the prune hung once its standard error had no reader") from None
+    assert process.returncode == 0, said
+    assert "compensated" in said and (out / "model.onnx").is_file() and (out / "report.json").is_file()
+
+
 def test_a_deleted_working_folder_is_one_line_before_torch(tmp_path):
     gone = tmp_path / "gone"
     gone.mkdir()
@@ -122,6 +149,7 @@ def test_main_called_from_python_gives_the_streams_back_as_they_were(monkeypatch
     _inspect_raising(monkeypatch, KeyError("prunefx's own"))
     assert main(INSPECT) == 3
     assert [stream.errors for stream in streams] == ["strict", "strict"]
+    assert sys.stdout is streams[0] and sys.stderr is streams[1]  # not the stand-ins of the run
 
 
 def test_only_the_command_s_own_process_sets_onnx_runtime_s_log_level(monkeypatch, capsys):

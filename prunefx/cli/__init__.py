@@ -21,7 +21,7 @@ from typing import Any
 # Only modules that import no torch up here, and in the flags (prunefx/cli/arguments/): `prunefx CMD --help` and
 # a mistyped argument answer at once. The rest (prunefx.graph, which takes torch; the command) once the
 # arguments are read.
-from prunefx import standard_output
+from prunefx import standard_error, standard_output
 from prunefx.cli import flags, signal_handlers
 from prunefx.cli.commands import COMMANDS, Command
 from prunefx.interrupts import HungUp, Terminated, published, raise_if_interrupted
@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     args.given = flags.given_destinations(parser, argv)  # flags a run refuses when it would not read them
     error_modes = _never_raise_on_encoding()
     try:
-        return _run_with_signals(args, argv)
+        with standard_error.dropped_on_failure():  # a reader of stderr gone: the run finishes, unheard
+            return _run_with_signals(args, argv)
     finally:  # a caller in Python gets its streams back as they were
         _restore_error_modes(error_modes)
 
