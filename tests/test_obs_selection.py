@@ -137,6 +137,59 @@ def test_channels_no_compensable_layer_reads_fall_back_to_l2_and_are_counted():
     assert (result.stats["importance_fallback_groups"], result.stats["importance_fallback_channels"]) == (1, 4)
 
 
+def _correlated_with_data():
+    torch.manual_seed(0)
+    program = capture(Correlated().eval(), torch.randn(4, 3, 8, 8)).eval()
+    return program, find_channel_groups(program.module), [(torch.randn(4, 3, 8, 8),) for _ in range(4)]
+
+
+def test_a_removal_whose_block_did_not_factor_leaves_its_group_to_l2_with_a_warning(monkeypatch, caplog):
+    """Whether a removal's block of the inverse Hessian factored is read once, when the group is done; where one
+    did not (singular: its updates are no OBS updates), the group's elimination is discarded and its channels are
+    scored by l2, as those of a group no layer reads. The removals here are told that their block did not."""
+    from prunefx.graph.channels import obs_layer_state, saliency
+
+    program, combing, calibration = _correlated_with_data()
+    solve = obs_layer_state._solve_unchecked
+    monkeypatch.setattr(obs_layer_state, "_solve_unchecked",
+                        lambda block, right: (solve(block, right)[0], torch.tensor(False)))
+    saliency._LAST.clear()
+    with caplog.at_level("WARNING", logger="prunefx"):
+        obs = channel_importance(program.module, combing, "obs", calibration=calibration)
+    saliency._LAST.clear()
+    l2 = channel_importance(program.module, combing, "l2")
+    assert (obs.fallback_groups, obs.comparable) == (1, False)
+    np.testing.assert_array_equal(obs.scores[0], l2.scores[0])
+    assert "did not factor in the elimination of channel group 0" in caplog.text
+
+
+def test_an_exact_elimination_reads_no_truth_value_but_whether_its_blocks_factored(monkeypatch):
+    """On a GPU each read of a value waits for the device's queue: a removal reads none (its block's factoring is
+    read once for the group), so `bool` is read once in an exact elimination (a step's errors are one copy)."""
+    from prunefx.graph.channels import obs_elimination, saliency
+
+    program, combing, calibration = _correlated_with_data()
+    reads, inside, original_bool, original_eliminate = [], [], torch.Tensor.__bool__, obs_elimination.eliminate
+
+    def counted_bool(tensor):
+        if inside:
+            reads.append(1)
+        return original_bool(tensor)
+
+    def counted_eliminate(*args, **kwargs):
+        inside.append(1)
+        try:
+            return original_eliminate(*args, **kwargs)
+        finally:
+            inside.clear()
+
+    monkeypatch.setattr(torch.Tensor, "__bool__", counted_bool)
+    monkeypatch.setattr(saliency, "eliminate", counted_eliminate)
+    saliency._LAST.clear()
+    scores = saliency.obs_saliency(program.module, combing, calibration, steps="exact").scores[0]
+    assert len(reads) == 1 and np.isfinite(scores).all()
+
+
 def test_obs_needs_calibration_batches():
     program = capture(TwoConvs().eval(), torch.randn(2, 3, 8, 8)).eval()
     combing = find_channel_groups(program.module)

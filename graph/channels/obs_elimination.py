@@ -42,7 +42,7 @@ STEP_SHARE = 32  # each step removes alive // STEP_SHARE channels at once (at le
 
 
 def eliminate(size: int, layers: list[LayerState], *, steps: str = "exact",
-              removable: int | None = None) -> np.ndarray:
+              removable: int | None = None) -> np.ndarray | None:
     """Greedy elimination: remove the channels whose removal (with compensation) adds the least relative
     error over all `layers`, update the layers, repeat; a channel's score is the total error once it is
     gone, so scores rise in elimination order. The last of a step's batch scores the exact joint error,
@@ -52,7 +52,10 @@ def eliminate(size: int, layers: list[LayerState], *, steps: str = "exact",
     alive // 32 cheapest at once (a 512-wide group in ~150 steps instead of 512); fast, the same schedule
     until `removable` channels are gone (no plan removes more of the group: its width floor), then the rest
     in one last joint step, whose order only ranks channels no plan removes: the same choice in fewer steps.
-    Coarser batches would change the choice, and cost one-shot accuracy."""
+    Coarser batches would change the choice, and cost one-shot accuracy.
+
+    None where a removal's block of an inverse Hessian did not factor (singular: its updates are not ones), read
+    once at the end (LayerState.remove): the caller scores the group otherwise."""
     scores = np.zeros(size)
     alive = np.ones(size, dtype=bool)
     total, removed = 0.0, 0
@@ -74,7 +77,13 @@ def eliminate(size: int, layers: list[LayerState], *, steps: str = "exact",
         removed += count
     if scored is not None:
         _score(scores, total, scored[0], float(scored[1]), scored[2])
-    return scores
+    return scores if all_factored(layers) else None
+
+
+def all_factored(layers: list[LayerState]) -> bool:
+    """Whether every removal's block factored in every layer, in one read."""
+    flags = [layer.factored for layer in layers if layer.factored is not None]
+    return not flags or bool(torch.stack(flags).all())
 
 
 def _score(scores: np.ndarray, total: float, chosen: np.ndarray, increase: float, single: np.ndarray) -> float:

@@ -16,6 +16,7 @@ import contextvars
 import copy
 import dataclasses
 import hashlib
+import logging
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ from prunefx.graph.layer_inputs import InputSpec, LayerInput, layer_inputs, weig
 from prunefx.graph.part_seconds import PartSeconds
 from prunefx.graph.placement import module_device
 from prunefx.graph.progress import progress_bar
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -222,8 +225,14 @@ def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: f
                     sharing[0].owned = True  # its downdates may overwrite the inverse: no copy of it is made
                 del hessian, inverse, sharing, matrices, gram_blocks  # held by the states sharing it, until their first downdate
                 for group in [g for g in states if waiting[g] == 0]:
-                    scores[group] = eliminate(combing.groups[group].size, states.pop(group), steps=steps,
-                                              removable=None if removable is None else removable[group])
+                    eliminated = eliminate(combing.groups[group].size, states.pop(group), steps=steps,
+                                           removable=None if removable is None else removable[group])
+                    if eliminated is None:  # a singular block: the group is scored as one no layer reads
+                        log.warning("obs: a block of an inverse Hessian did not factor in the elimination of "
+                                    "channel group %d; its channels are scored by l2", group)
+                        read[group][:] = False
+                    else:
+                        scores[group] = eliminated
             # the layer's Hessian, inverse and finished groups' states are freed: their pages go back to the
             # system, or the next layer's buffers land beside them and the peak grows with every layer
             release_freed_memory()
