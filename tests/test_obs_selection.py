@@ -160,7 +160,7 @@ def test_a_removal_whose_block_did_not_factor_leaves_its_group_to_l2_with_a_warn
     l2 = channel_importance(program.module, combing, "l2")
     assert (obs.fallback_groups, obs.comparable) == (1, False)
     np.testing.assert_array_equal(obs.scores[0], l2.scores[0])
-    assert "did not factor in the elimination of channel group 0" in caplog.text
+    assert "did not factor in the elimination of the 4 channels of a.weight (group 0)" in caplog.text
 
 
 def test_an_exact_elimination_reads_no_truth_value_but_whether_its_blocks_factored(monkeypatch):

@@ -228,8 +228,10 @@ def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: f
                     eliminated = eliminate(combing.groups[group].size, states.pop(group), steps=steps,
                                            removable=None if removable is None else removable[group])
                     if eliminated is None:  # a singular block: the group is scored as one no layer reads
-                        log.warning("obs: a block of an inverse Hessian did not factor in the elimination of "
-                                    "channel group %d; its channels are scored by l2", group)
+                        found = combing.groups[group]
+                        log.warning("obs: a block of an inverse Hessian did not factor in the elimination of the "
+                                    "%d channels of %s (group %d); they are scored by l2", found.size,
+                                    found.members[0][0], group)
                         read[group][:] = False
                     else:
                         scores[group] = eliminated
