@@ -1,11 +1,11 @@
-"""How often the OBS elimination waits on its device: host reads of tensor values inside `eliminate`.
+"""How often the OBS scoring waits on its device: host reads of tensor values in it and in its elimination.
 
 On a GPU each read of a tensor's value by the host (`.cpu()`, `float()`, `bool()`, `.item()`, a boolean-mask index,
 which calls `nonzero()`) and each copy to the device that is not `non_blocking` waits until the device's queue of
 small kernels has run. This counts them on the CPU, where the code path is the same, during a calibrated
 `prunefx prune MODEL --macs 0.5 --calibrate imagenet-sample` (one process, the counting wrapped around
-graph/channels/obs_elimination.eliminate), with the elimination's seconds from the report. What the reads cost on a
-GPU is for `make gpu-check` (its gpu_tool_speed times the elimination there).
+graph/channels/saliency._compute, the whole scoring, and obs_elimination.eliminate inside it), with their seconds
+from the report. What the reads cost on a GPU is for `make gpu-check` (its gpu_tool_speed times both there).
 
     .venv/bin/python benchmarks/obs_host_reads.py [--model torchvision:resnet50]
 """
@@ -28,35 +28,39 @@ READS = ("__bool__", "__float__", "__int__", "item", "tolist", "cpu", "nonzero")
 
 
 class Counted:
-    """Counts, while `inside`, the calls of torch.Tensor's reading methods and of `.to` by whether it may wait."""
+    """Counts, per named scope that is running, the calls of torch.Tensor's reading methods and of `.to` with a
+    device, by whether it may wait (a `.to` of a dtype alone copies to no device)."""
 
     def __init__(self):
-        self.counts: collections.Counter = collections.Counter()
-        self.inside = False
+        self.counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+        self.active: list[str] = []
         for name in READS:
             setattr(torch.Tensor, name, self._wrapped(name, getattr(torch.Tensor, name)))
         original_to = torch.Tensor.to
 
         def to(tensor, *args, **kwargs):
-            if self.inside:
-                self.counts["to (non_blocking)" if kwargs.get("non_blocking") else "to (waits)"] += 1
+            if any(isinstance(arg, (torch.device, str)) for arg in (*args, kwargs.get("device"))):
+                self._count("to (non_blocking)" if kwargs.get("non_blocking") else "to (waits)")
             return original_to(tensor, *args, **kwargs)
         torch.Tensor.to = to
 
+    def _count(self, name: str) -> None:
+        for scope in self.active:
+            self.counts[scope][name] += 1
+
     def _wrapped(self, name, original):
         def wrapped(tensor, *args, **kwargs):
-            if self.inside:
-                self.counts[name] += 1
+            self._count(name)
             return original(tensor, *args, **kwargs)
         return wrapped
 
-    def around(self, function):
+    def around(self, scope: str, function):
         def counted(*args, **kwargs):
-            self.inside = True
+            self.active.append(scope)
             try:
                 return function(*args, **kwargs)
             finally:
-                self.inside = False
+                self.active.remove(scope)
         return counted
 
 
@@ -65,7 +69,8 @@ def main() -> None:
     parser.add_argument("--model", default="torchvision:resnet50")
     args = parser.parse_args()
     counter = Counted()
-    saliency.eliminate = counter.around(saliency.eliminate)
+    saliency.eliminate = counter.around("elimination", saliency.eliminate)
+    saliency._compute = counter.around("scoring", saliency._compute)
     with tempfile.TemporaryDirectory(prefix="obs-host-reads-") as folder:
         try:
             prunefx_main(["-q", "prune", args.model, "--macs", "0.5", "--calibrate", "imagenet-sample",
@@ -74,21 +79,24 @@ def main() -> None:
             if stop.code:
                 raise
         seconds = json.loads((Path(folder) / "out" / "report.json").read_text())["seconds"]
-    elimination = next(value for key, value in seconds.items() if key.endswith("elimination"))
-    counts = dict(sorted(counter.counts.items()))
-    reads = sum(count for name, count in counts.items() if name in READS)
-    row = {"model": args.model, "reads": reads, "copies_that_wait": counts.get("to (waits)", 0),
-           "by_kind": counts, "elimination_s": elimination}
+    rows = []
+    for scope in ("scoring", "elimination"):
+        counts = dict(sorted(counter.counts[scope].items()))
+        reads = sum(count for name, count in counts.items() if name in READS)
+        rows.append({"model": args.model, "scope": scope, "reads": reads,
+                     "copies_that_wait": counts.get("to (waits)", 0), "by_kind": counts,
+                     "seconds": next(value for key, value in seconds.items() if key.endswith(scope))})
     info = machine_info(model=args.model)
-    table = markdown_table(["model", "host reads", "copies to the device that wait", "by kind", "elimination s"],
-                           [[row["model"], reads, row["copies_that_wait"],
-                             ", ".join(f"{name} {count}" for name, count in counts.items()),
-                             f"{elimination:.2f}"]])
-    markdown = (f"# Host reads in the OBS elimination\n\nProduced by `{command_line()}` on {info['date_utc']} UTC.\n\n"
+    table = markdown_table(["model", "part", "host reads", "copies to the device that wait", "by kind", "seconds"],
+                           [[row["model"], row["scope"], row["reads"], row["copies_that_wait"],
+                             ", ".join(f"{name} {count}" for name, count in row["by_kind"].items()),
+                             f"{row['seconds']:.2f}"] for row in rows])
+    markdown = (f"# Host reads in the OBS scoring\n\nProduced by `{command_line()}` on {info['date_utc']} UTC.\n\n"
                 f"- Machine: {machine_summary(info)}.\n- `prunefx prune {args.model} --macs 0.5 --calibrate "
-                f"imagenet-sample`, the reads counted inside `eliminate`; on a GPU each one waits for the device.\n\n"
-                f"{table}\n")
-    write_results("obs_host_reads", {"machine": info, "command": command_line(), "results": [row]}, markdown)
+                f"imagenet-sample`, the reads counted inside the second-order scoring (`saliency._compute`: the "
+                f"Hessians, their inverses and the elimination) and inside its elimination (`eliminate`); on a GPU "
+                f"each one waits for the device.\n\n{table}\n")
+    write_results("obs_host_reads", {"machine": info, "command": command_line(), "results": rows}, markdown)
     print(table)
 
 

@@ -2,6 +2,7 @@
 float64 matrix product summed batch by batch, whether the buffer is flushed by its row count, its
 bytes or at the end; the rows are kept exactly while they are few enough, and dropped past that."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -82,3 +83,17 @@ def test_joined_rows_are_the_float64_rows_in_order():
     assert torch.equal(staging.joined(pieces), torch.cat(pieces).double())
     held = staging.buffer.data_ptr()
     assert torch.equal(staging.joined(pieces[:2]), torch.cat(pieces[:2]).double()) and staging.buffer.data_ptr() == held
+
+
+@pytest.mark.parametrize("columns", [5, 200])  # one block; four blocks of 64 columns and a last one
+def test_the_symmetric_trace_is_the_trace_of_the_whole_product(columns):
+    """trace(M S M^T) from S's upper blocks, read once (graph/numerics/symmetric_product.py); oracle: numpy's
+    product of the three matrices."""
+    from prunefx.graph.numerics.symmetric_product import symmetric_trace
+
+    generator = torch.Generator().manual_seed(columns)
+    matrix = torch.randn(7, columns, generator=generator, dtype=torch.float64)
+    half = torch.randn(columns, columns, generator=generator, dtype=torch.float64)
+    symmetric = half + half.t()
+    expected = float(np.trace(matrix.numpy() @ symmetric.numpy() @ matrix.numpy().T))
+    assert symmetric_trace(matrix, symmetric) == pytest.approx(expected, rel=1e-12)

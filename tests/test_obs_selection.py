@@ -137,6 +137,21 @@ def test_channels_no_compensable_layer_reads_fall_back_to_l2_and_are_counted():
     assert (result.stats["importance_fallback_groups"], result.stats["importance_fallback_channels"]) == (1, 4)
 
 
+def _while_inside(monkeypatch, owner, name: str) -> list:
+    """A list that holds an item while `owner.name` runs (wrapped for the test), and is empty otherwise."""
+    inside, original = [], getattr(owner, name)
+
+    def wrapped(*args, **kwargs):
+        inside.append(1)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            inside.clear()
+
+    monkeypatch.setattr(owner, name, wrapped)
+    return inside
+
+
 def _correlated_with_data():
     torch.manual_seed(0)
     program = capture(Correlated().eval(), torch.randn(4, 3, 8, 8)).eval()
@@ -166,28 +181,55 @@ def test_a_removal_whose_block_did_not_factor_leaves_its_group_to_l2_with_a_warn
 def test_an_exact_elimination_reads_no_truth_value_but_whether_its_blocks_factored(monkeypatch):
     """On a GPU each read of a value waits for the device's queue: a removal reads none (its block's factoring is
     read once for the group), so `bool` is read once in an exact elimination (a step's errors are one copy)."""
-    from prunefx.graph.channels import obs_elimination, saliency
+    from prunefx.graph.channels import saliency
 
     program, combing, calibration = _correlated_with_data()
-    reads, inside, original_bool, original_eliminate = [], [], torch.Tensor.__bool__, obs_elimination.eliminate
+    reads, original_bool = [], torch.Tensor.__bool__
+    inside = _while_inside(monkeypatch, saliency, "eliminate")
 
     def counted_bool(tensor):
         if inside:
             reads.append(1)
         return original_bool(tensor)
 
-    def counted_eliminate(*args, **kwargs):
-        inside.append(1)
-        try:
-            return original_eliminate(*args, **kwargs)
-        finally:
-            inside.clear()
-
     monkeypatch.setattr(torch.Tensor, "__bool__", counted_bool)
-    monkeypatch.setattr(saliency, "eliminate", counted_eliminate)
     saliency._LAST.clear()
     scores = saliency.obs_saliency(program.module, combing, calibration, steps="exact").scores[0]
     assert len(reads) == 1 and np.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("width", [4, 16])
+def test_the_scoring_copies_to_its_device_once_a_layer_not_once_a_channel(monkeypatch, width):
+    """On a GPU a copy to the device without non_blocking waits for its queue: the columns of a layer's channels
+    go in one copy (they went in one a channel: 24,576 in a ResNet-50), so the count does not grow with width."""
+    from prunefx.graph.channels import saliency
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, width, 3), nn.ReLU(), nn.Conv2d(width, 5, 3)).eval()
+    program = capture(model, torch.randn(2, 3, 8, 8)).eval()
+    combing = find_channel_groups(program.module)
+    copies, original_to = [], torch.Tensor.to
+    inside = _while_inside(monkeypatch, saliency, "_compute")
+
+    def counted_to(tensor, *args, **kwargs):
+        if inside and not kwargs.get("non_blocking") and any(
+                isinstance(arg, (torch.device, str)) for arg in (*args, kwargs.get("device"))):
+            copies.append(1)
+        return original_to(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", counted_to)
+    saliency._LAST.clear()
+    scored = saliency.obs_saliency(program.module, combing, [(torch.randn(2, 3, 8, 8),)], steps="exact")
+    assert scored.read[0].all() and np.isfinite(scored.scores[0]).all()
+    assert len(copies) <= 4  # per layer: its weights and its channels' columns
+
+
+def test_columns_copied_at_once_are_each_array_as_it_was():
+    from prunefx.graph.channels.saliency import _on_device_at_once
+
+    arrays = [np.array([3, 1]), np.zeros(0, dtype=np.int64), np.array([7])]
+    copied = _on_device_at_once(arrays, torch.device("cpu"))
+    assert [tensor.tolist() for tensor in copied] == [[3, 1], [], [7]] and _on_device_at_once([], "cpu") == []
 
 
 def test_obs_needs_calibration_batches():

@@ -205,11 +205,11 @@ def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: f
                     layers += 1
                     if hessians is not None:
                         hessians[energy_key(layer.weight)] = energy
+                    wanted = [(group, index) for group, index in positions if group in complete]
+                    columns_of = _on_device_at_once([layer.column_indices(blocks[at]) for at in wanted], device)
                     by_group: dict[int, dict[int, torch.Tensor]] = defaultdict(dict)
-                    for group, index in positions:
-                        if group in complete:
-                            cols = layer.column_indices(blocks[(group, index)])
-                            by_group[group][index] = torch.from_numpy(cols).to(device)
+                    for (group, index), cols in zip(wanted, columns_of):
+                        by_group[group][index] = cols
                     for group, columns in by_group.items():
                         # zero input or zero weights: removing anything costs nothing, the layer is left out
                         if fitted_exactly and energy > 0:
@@ -240,6 +240,15 @@ def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: f
             release_freed_memory()
             bar.update(len(by_spec[spec]))
     return Saliency(scores, read, layers, parts.seconds, list(uncompensated.values()))
+
+
+def _on_device_at_once(arrays: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
+    """Each array on `device`, as views of one copy: on a GPU a copy waits for the device's queue, and a copy per
+    channel waited 24,576 times in a ResNet-50."""
+    if not arrays:
+        return []
+    joined = torch.from_numpy(np.concatenate(arrays)).to(device)
+    return list(torch.split(joined, [array.size for array in arrays]))
 
 
 def _gram_blocks(hessian: torch.Tensor | None, rows):

@@ -74,10 +74,10 @@ def symmetric_trace(matrix: torch.Tensor, symmetric: torch.Tensor) -> float:
     triangle (blocks right of the diagonal counted twice): half the multiply-adds of the product M S, and a
     block-row of M^T M at a time, never all of it (a U-Net decoder's 12k-column S would take 1.2 GB)."""
     edges = _edges(symmetric.shape[0])
-    total = 0.0
+    total = torch.zeros((), dtype=torch.float64, device=symmetric.device)  # read once: on a GPU a read waits
     for start, stop in zip(edges, edges[1:]):
         gram = matrix[:, start:stop].t() @ matrix[:, start:]              # [stop - start, n - start]
         part = symmetric[start:stop, start:]
         width = stop - start
-        total += float((part[:, :width] * gram[:, :width]).sum()) + 2.0 * float((part[:, width:] * gram[:, width:]).sum())
-    return total
+        total += (part[:, :width] * gram[:, :width]).sum().double() + 2.0 * (part[:, width:] * gram[:, width:]).sum().double()
+    return float(total)
