@@ -201,7 +201,7 @@ def test_an_exact_elimination_reads_no_truth_value_but_whether_its_blocks_factor
 @pytest.mark.parametrize("width", [4, 16])
 def test_the_scoring_copies_to_its_device_once_a_layer_not_once_a_channel(monkeypatch, width):
     """On a GPU a copy to the device without non_blocking waits for its queue: the columns of a layer's channels
-    go in one copy (they went in one a channel: 24,576 in a ResNet-50), so the count does not grow with width."""
+    go in one copy (not one a channel: tens of thousands in a ResNet-50), so the count does not grow with width."""
     from prunefx.graph.channels import saliency
 
     torch.manual_seed(0)

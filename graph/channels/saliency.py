@@ -244,7 +244,7 @@ def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: f
 
 def _on_device_at_once(arrays: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
     """Each array on `device`, as views of one copy: on a GPU a copy waits for the device's queue, and a copy per
-    channel waited 24,576 times in a ResNet-50."""
+    channel would wait tens of thousands of times in a ResNet-50."""
     if not arrays:
         return []
     joined = torch.from_numpy(np.concatenate(arrays)).to(device)
