@@ -1,11 +1,12 @@
-"""How often the OBS scoring waits on its device: host reads of tensor values in it and in its elimination.
+"""How often the OBS scoring and the compensation wait on their device: host reads of tensor values in them.
 
 On a GPU each read of a tensor's value by the host (`.cpu()`, `float()`, `bool()`, `.item()`, a boolean-mask index,
 which calls `nonzero()`) and each copy to the device that is not `non_blocking` waits until the device's queue of
 small kernels has run. This counts them on the CPU, where the code path is the same, during a calibrated
 `prunefx prune MODEL --macs 0.5 --calibrate imagenet-sample` (one process, the counting wrapped around
-graph/channels/saliency._compute, the whole scoring, and obs_elimination.eliminate inside it), with their seconds
-from the report. What the reads cost on a GPU is for `make gpu-check` (its gpu_tool_speed times both there).
+graph/channels/saliency._compute, the whole scoring, obs_elimination.eliminate inside it, and
+compensation.compensate_removed_inputs), with their seconds from the report. What the reads cost on a GPU is
+for `make gpu-check` (its gpu_tool_speed times these parts there).
 
     .venv/bin/python benchmarks/obs_host_reads.py [--model torchvision:resnet50]
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import importlib
 import json
 import tempfile
 from pathlib import Path
@@ -71,6 +73,8 @@ def main() -> None:
     counter = Counted()
     saliency.eliminate = counter.around("elimination", saliency.eliminate)
     saliency._compute = counter.around("scoring", saliency._compute)
+    removal = importlib.import_module("prunefx.passes.remove_channels")  # the module, not the pass it exports
+    removal.compensate_removed_inputs = counter.around("compensation", removal.compensate_removed_inputs)
     with tempfile.TemporaryDirectory(prefix="obs-host-reads-") as folder:
         try:
             prunefx_main(["-q", "prune", args.model, "--macs", "0.5", "--calibrate", "imagenet-sample",
@@ -80,7 +84,7 @@ def main() -> None:
                 raise
         seconds = json.loads((Path(folder) / "out" / "report.json").read_text())["seconds"]
     rows = []
-    for scope in ("scoring", "elimination"):
+    for scope in ("scoring", "elimination", "compensation"):
         counts = dict(sorted(counter.counts[scope].items()))
         reads = sum(count for name, count in counts.items() if name in READS)
         rows.append({"model": args.model, "scope": scope, "reads": reads,
@@ -91,11 +95,13 @@ def main() -> None:
                            [[row["model"], row["scope"], row["reads"], row["copies_that_wait"],
                              ", ".join(f"{name} {count}" for name, count in row["by_kind"].items()),
                              f"{row['seconds']:.2f}"] for row in rows])
-    markdown = (f"# Host reads in the OBS scoring\n\nProduced by `{command_line()}` on {info['date_utc']} UTC.\n\n"
-                f"- Machine: {machine_summary(info)}.\n- `prunefx prune {args.model} --macs 0.5 --calibrate "
-                f"imagenet-sample`, the reads counted inside the second-order scoring (`saliency._compute`: the "
-                f"Hessians, their inverses and the elimination) and inside its elimination (`eliminate`); on a GPU "
-                f"each one waits for the device.\n\n{table}\n")
+    markdown = (f"# Host reads in the OBS scoring and the compensation\n\nProduced by `{command_line()}` on "
+                f"{info['date_utc']} UTC.\n\n- Machine: {machine_summary(info)}.\n- `prunefx prune {args.model} "
+                f"--macs 0.5 --calibrate imagenet-sample`, the reads counted inside the second-order scoring "
+                f"(`saliency._compute`: the Hessians, their inverses and the elimination), inside its elimination "
+                f"(`eliminate`) and inside the compensation after it (`compensate_removed_inputs`); on a GPU each "
+                f"one waits for the device. A `.to` that names a device counts as a copy that waits unless non_blocking: "
+                f"an upper bound, since on the GPU a tensor already there is not copied.\n\n{table}\n")
     write_results("obs_host_reads", {"machine": info, "command": command_line(), "results": rows}, markdown)
     print(table)
 

@@ -338,3 +338,22 @@ def test_the_reported_errors_are_the_output_errors_of_the_change(damping, rank):
         change -= m
         assert errors[name] == pytest.approx(float(np.sum(change @ h * change)) / energy, rel=1e-6, abs=1e-12)
     assert errors["error_with"] < errors["error_without"]
+
+
+def test_an_update_reads_the_device_a_few_times_whatever_the_width(monkeypatch):
+    """On a GPU each read of a value waits for the device's queue: the kept and removed columns come from the
+    host's mask (no nonzero of a device mask), and each error is read once: an update reads four values (the
+    output energy, the damping, trace(M_R H_RR M_R^T), the error after) and whether its factorisation held."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((80, 40))
+    hessian, matrix = torch.from_numpy(x.T @ x), torch.from_numpy(rng.standard_normal((6, 40)))
+    removed = np.zeros(40, dtype=bool)
+    removed[::3] = True
+    reads = []
+    for name in ("__float__", "__int__", "__bool__", "item", "nonzero", "cpu"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda tensor, *a, _n=name, _o=original, **k: reads.append(_n)
+                            or _o(tensor, *a, **k))
+    second_order_update(matrix, hessian, removed, 0.01)
+    monkeypatch.undo()
+    assert sorted(reads) == ["__float__"] * 4 + ["__int__"]

@@ -225,11 +225,11 @@ def test_the_scoring_copies_to_its_device_once_a_layer_not_once_a_channel(monkey
 
 
 def test_columns_copied_at_once_are_each_array_as_it_was():
-    from prunefx.graph.channels.saliency import _on_device_at_once
+    from prunefx.graph.host_to_device import on_device_at_once
 
     arrays = [np.array([3, 1]), np.zeros(0, dtype=np.int64), np.array([7])]
-    copied = _on_device_at_once(arrays, torch.device("cpu"))
-    assert [tensor.tolist() for tensor in copied] == [[3, 1], [], [7]] and _on_device_at_once([], "cpu") == []
+    copied = on_device_at_once(arrays, torch.device("cpu"))
+    assert [tensor.tolist() for tensor in copied] == [[3, 1], [], [7]] and on_device_at_once([], "cpu") == []
 
 
 def test_obs_needs_calibration_batches():

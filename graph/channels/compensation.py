@@ -15,6 +15,7 @@ import torch
 
 from prunefx.graph.attributes import get_tensor
 from prunefx.graph.channels.analysis import ChannelAnalysis
+from prunefx.graph.host_to_device import on_device_at_once
 from prunefx.graph.layer_hessians import LayerRows, iter_hessians, release
 from prunefx.graph.layer_inputs import Consumer, InputSpec, find_consumers
 from prunefx.graph.numerics.cholesky_inverse import symmetric_inverse_
@@ -35,19 +36,18 @@ def second_order_update(matrix: torch.Tensor, hessian: torch.Tensor | None, remo
     the error of a change D of the columns is trace(D H D^T). `energy`: trace(M H M^T) when the caller
     has it (see energy_key). Without H (not formed: iter_hessians' from_rows), from the kept
     calibration `rows`."""
-    removed_t = torch.from_numpy(removed).to(matrix.device)
+    # the kept and removed columns' indices from the host's mask, in one copy: no read of a device mask
+    kept, gone = on_device_at_once([np.flatnonzero(~removed), np.flatnonzero(removed)], matrix.device)
     energy = output_energy(matrix, hessian, rows) if energy is None else energy
     lam = damping_term(hessian, damping, rows)
     if lam is None:  # the input is zero on all calibration data: nothing to compensate, nothing lost
         return matrix, {"error_without": 0.0, "error_with": 0.0}
     if hessian is None:
-        found = _update_from_rows(matrix, rows.kept.to(matrix.device), removed_t, lam)
+        found = _update_from_rows(matrix, rows.kept.to(matrix.device), kept, gone, lam)
         if found is not None:
             return found[0], {"error_without": found[1] / max(energy, 1e-300),
                               "error_with": found[2] / max(energy, 1e-300)}
         hessian = rows.gram()
-    keep_t = ~removed_t
-    kept, gone = keep_t.nonzero().squeeze(1), removed_t.nonzero().squeeze(1)
     h_kk = hessian[kept[:, None], kept]
     h_kk.diagonal().add_(lam)
     m_r = matrix[:, gone]
@@ -59,15 +59,15 @@ def second_order_update(matrix: torch.Tensor, hessian: torch.Tensor | None, remo
     solved = int(info) == 0
     delta = torch.cholesky_solve(rhs, factor) if solved else semidefinite_solve(h_kk, rhs)
     updated = matrix.clone()
-    updated[:, keep_t] += delta.t()
+    updated[:, kept] += delta.t()
     without = symmetric_trace(m_r, hessian[gone[:, None], gone])  # trace(M_R H_RR M_R^T)
     # an exact solve has (H_KK + lam I) delta = rhs: the product with the whole block is not needed
-    with_update = _error_with(without, delta, rhs, rhs if solved else h_kk @ delta, lam)
+    with_update = float(_error_with(without, delta, rhs, rhs if solved else h_kk @ delta, lam))  # one read
     return updated, {"error_without": without / max(energy, 1e-300),
                      "error_with": with_update / max(energy, 1e-300)}
 
 
-def _update_from_rows(matrix: torch.Tensor, x: torch.Tensor, removed: torch.Tensor,
+def _update_from_rows(matrix: torch.Tensor, x: torch.Tensor, kept: torch.Tensor, gone: torch.Tensor,
                       lam: float) -> tuple[torch.Tensor, float, float] | None:
     """second_order_update from the calibration rows X [k, n] (k far below n) by the Woodbury identity,
     (X_K^T X_K + lam I)^-1 = (I - X_K^T (lam I + X_K X_K^T)^-1 X_K) / lam: a k x k factorisation and
@@ -75,8 +75,8 @@ def _update_from_rows(matrix: torch.Tensor, x: torch.Tensor, removed: torch.Tens
     ||X_K D^T - X_R M_R^T||^2 with the update; None where lam I + X_K X_K^T does not factor."""
     if lam <= 0:  # damping 0: the identity above divides by it; the full Hessian's solve serves
         return None
-    x_k, x_r = x[:, ~removed], x[:, removed]
-    lost = x_r @ matrix[:, removed].t()                 # X_R M_R^T: the output the removed columns gave
+    x_k, x_r = x[:, kept], x[:, gone]
+    lost = x_r @ matrix[:, gone].t()                    # X_R M_R^T: the output the removed columns gave
     rhs = x_k.t() @ lost                                # H_KR M_R^T
     core = x_k @ x_k.t()
     core.diagonal().add_(lam)
@@ -85,7 +85,7 @@ def _update_from_rows(matrix: torch.Tensor, x: torch.Tensor, removed: torch.Tens
         return None
     delta = (rhs - x_k.t() @ torch.cholesky_solve(x_k @ rhs, factor)) / lam   # D^T: [kept, outputs]
     updated = matrix.clone()
-    updated[:, ~removed] += delta.t()
+    updated[:, kept] += delta.t()
     return updated, float(lost.square().sum()), float((x_k @ delta - lost).square().sum())
 
 
@@ -162,20 +162,20 @@ def lean_damped_inverse(hessian: torch.Tensor | None, damping: float,
 
 
 def _error_with(without: float, delta: torch.Tensor, rhs: torch.Tensor, damped_delta: torch.Tensor,
-                lam: float) -> float:
+                lam: float) -> torch.Tensor:
     """trace(C H C^T) of the change C = [D on K, -M_R on R] from the blocks the update already holds
     (delta = D^T, rhs = H_KR M_R^T, damped_delta = (H_KK + lam I) delta), not from a product with the whole
-    H: trace(D H_KK D^T) - 2 trace(D H_KR M_R^T) + trace(M_R H_RR M_R^T)."""
+    H: trace(D H_KK D^T) - 2 trace(D H_KR M_R^T) + trace(M_R H_RR M_R^T). On the device (0-d), read once."""
     kept_part = _dot(delta, damped_delta) - lam * _dot(delta, delta)
-    return max(kept_part - 2.0 * _dot(delta, rhs) + without, 0.0)
+    return (kept_part - 2.0 * _dot(delta, rhs) + without).clamp_min(0.0)
 
 
-def _dot(left: torch.Tensor, right: torch.Tensor) -> float:
-    """The sum of left * right, as one dot product: no temporary of their size (a ViT-L MLP's [2048, 1024])
-    where both are in one order, row- or column-major."""
+def _dot(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """The sum of left * right (0-d, on their device), as one dot product: no temporary of their size (a ViT-L
+    MLP's [2048, 1024]) where both are in one order, row- or column-major."""
     if left.mT.is_contiguous() and right.mT.is_contiguous():
         left, right = left.mT, right.mT
-    return float(torch.vdot(left.reshape(-1), right.reshape(-1)))
+    return torch.vdot(left.reshape(-1), right.reshape(-1))
 
 
 def compensate_removed_inputs(module: torch.fx.GraphModule, analysis: ChannelAnalysis, removed_classes: set[int],

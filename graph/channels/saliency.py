@@ -32,6 +32,7 @@ from prunefx.graph.channels.obs_elimination import eliminate
 from prunefx.graph.channels.obs_layer_state import LayerState, UncompensatedState
 from prunefx.graph.fingerprint import graph_code
 from prunefx.graph.heap import release_freed_memory
+from prunefx.graph.host_to_device import on_device_at_once
 from prunefx.graph.layer_hessians import iter_hessians
 from prunefx.graph.layer_inputs import InputSpec, LayerInput, layer_inputs, weight_matrix
 from prunefx.graph.part_seconds import PartSeconds
@@ -206,7 +207,7 @@ def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: f
                     if hessians is not None:
                         hessians[energy_key(layer.weight)] = energy
                     wanted = [(group, index) for group, index in positions if group in complete]
-                    columns_of = _on_device_at_once([layer.column_indices(blocks[at]) for at in wanted], device)
+                    columns_of = on_device_at_once([layer.column_indices(blocks[at]) for at in wanted], device)
                     by_group: dict[int, dict[int, torch.Tensor]] = defaultdict(dict)
                     for (group, index), cols in zip(wanted, columns_of):
                         by_group[group][index] = cols
@@ -240,15 +241,6 @@ def _compute(module: torch.fx.GraphModule, combing: Combing, batches, damping: f
             release_freed_memory()
             bar.update(len(by_spec[spec]))
     return Saliency(scores, read, layers, parts.seconds, list(uncompensated.values()))
-
-
-def _on_device_at_once(arrays: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
-    """Each array on `device`, as views of one copy: on a GPU a copy waits for the device's queue, and a copy per
-    channel would wait tens of thousands of times in a ResNet-50."""
-    if not arrays:
-        return []
-    joined = torch.from_numpy(np.concatenate(arrays)).to(device)
-    return list(torch.split(joined, [array.size for array in arrays]))
 
 
 def _gram_blocks(hessian: torch.Tensor | None, rows):
