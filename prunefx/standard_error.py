@@ -7,10 +7,9 @@ lock held (tqdm releases it only on success), and the next bar to draw waits on 
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 
-from prunefx.standard_output import stood_in
+from prunefx.standard_output import silence, stood_in
 
 
 class DroppedOnFailure:
@@ -38,10 +37,7 @@ class DroppedOnFailure:
     def _give_up(self) -> None:
         self.failed = True
         if self._stream is sys.__stderr__:  # the process's own: its C libraries and last flush write there too
-            with contextlib.suppress(OSError, ValueError, AttributeError):
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, self._stream.fileno())
-                os.close(devnull)
+            silence(self._stream)
 
     def __getattr__(self, name: str):
         return getattr(self._stream, name)

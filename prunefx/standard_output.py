@@ -73,8 +73,9 @@ def reader_gone() -> bool:
         return False
 
 
-def silence() -> None:
+def silence(stream=None) -> None:
+    """Point `stream`'s file descriptor (sys.stdout's by default) at /dev/null, where it has one."""
     with contextlib.suppress(OSError, ValueError, AttributeError):
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, (sys.stdout if stream is None else stream).fileno())
         os.close(devnull)
