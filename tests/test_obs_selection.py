@@ -165,8 +165,8 @@ def test_a_removal_whose_block_did_not_factor_leaves_its_group_to_l2_with_a_warn
     from prunefx.graph.channels import obs_layer_state, saliency
 
     program, combing, calibration = _correlated_with_data()
-    solve = obs_layer_state._solve_unchecked
-    monkeypatch.setattr(obs_layer_state, "_solve_unchecked",
+    solve = obs_layer_state.solve_unchecked
+    monkeypatch.setattr(obs_layer_state, "solve_unchecked",
                         lambda block, right: (solve(block, right)[0], torch.tensor(False)))
     saliency._LAST.clear()
     with caplog.at_level("WARNING", logger="prunefx"):
@@ -443,18 +443,18 @@ def test_the_last_saliency_is_reused_for_the_same_model_and_data_only(monkeypatc
 
 
 def test_quadratic_forms_equal_the_explicit_inverse_also_for_an_indefinite_block():
-    from prunefx.graph.channels.obs_layer_state import _quadratic_forms
+    from prunefx.graph.numerics.block_solves import quadratic_forms
 
     rng = np.random.default_rng(1)
     a = rng.standard_normal((5, 4, 4))
     blocks = a @ a.transpose(0, 2, 1) + 0.1 * np.eye(4)
     weights = rng.standard_normal((5, 4, 3))
     expected = np.einsum("nso,nst,nto->n", weights, np.linalg.inv(blocks), weights)
-    got = _quadratic_forms(torch.from_numpy(blocks), torch.from_numpy(weights)).numpy()
+    got = quadratic_forms(torch.from_numpy(blocks), torch.from_numpy(weights)).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-10)
     blocks[2] = np.diag([1.0, -2.0, 3.0, 4.0])  # not positive definite: the LU solve
     expected = np.einsum("nso,nst,nto->n", weights, np.linalg.inv(blocks), weights)
-    got = _quadratic_forms(torch.from_numpy(blocks), torch.from_numpy(weights)).numpy()
+    got = quadratic_forms(torch.from_numpy(blocks), torch.from_numpy(weights)).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-10)
 
 
@@ -463,7 +463,8 @@ def test_a_steps_errors_are_read_at_once_and_blocks_not_positive_definite_are_so
     a term whose fast path does not apply (a block not positive definite, s x s or 1 x 1) is solved as before.
     Oracle: the explicit inverses, summed per channel, each divided by its layer's energy."""
     from prunefx.graph.channels.obs_elimination import read_terms
-    from prunefx.graph.channels.obs_layer_state import ErrorTerm, _quadratic_forms, _quadratic_forms_unchecked
+    from prunefx.graph.channels.obs_layer_state import ErrorTerm
+    from prunefx.graph.numerics.block_solves import quadratic_forms, quadratic_forms_unchecked
 
     rng = np.random.default_rng(2)
     a = rng.standard_normal((5, 4, 4))
@@ -474,9 +475,9 @@ def test_a_steps_errors_are_read_at_once_and_blocks_not_positive_definite_are_so
     terms = []
     for channels, energy, b, w in (([0, 2, 4, 6, 8], 2.0, blocks, weights), ([1, 2], 4.0, ones, narrow)):
         b, w = torch.from_numpy(b), torch.from_numpy(w)
-        values, usable = _quadratic_forms_unchecked(b, w)
+        values, usable = quadratic_forms_unchecked(b, w)
         assert not bool(usable)
-        terms.append(ErrorTerm(np.array(channels), energy, values, usable, lambda b=b, w=w: _quadratic_forms(b, w)))
+        terms.append(ErrorTerm(np.array(channels), energy, values, usable, lambda b=b, w=w: quadratic_forms(b, w)))
     terms.append(ErrorTerm(np.array([0, 9]), None, np.array([0.5, 0.25])))  # a layer without compensation
     expected = np.zeros(10)
     for channels, energy, b, w in (([0, 2, 4, 6, 8], 2.0, blocks, weights), ([1, 2], 4.0, ones, narrow)):

@@ -2,6 +2,7 @@
 has the formulas): its weights, updated as compensation would, and its inverse damped Hessian restricted to the
 group's columns, downdated lazily (LayerState); a layer with fewer calibration rows than columns, scored without
 compensation (UncompensatedState); and the errors either gives a step, left on the device until read (ErrorTerm).
+The solves against its s x s blocks are graph/numerics/block_solves.py's.
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ import numpy as np
 import torch
 
 from prunefx.graph.heap import release_freed_memory
-from prunefx.graph.numerics.semidefinite_solve import semidefinite_solve
+from prunefx.graph.numerics.block_solves import (
+    quadratic_forms,
+    quadratic_forms_unchecked,
+    solve,
+    solve_unchecked,
+)
 from prunefx.graph.numerics.symmetric_product import add_upper, add_upper_gram, mirror_upper
 
 
@@ -75,11 +81,11 @@ class LayerState:
                 values = squared_norms[self.place[index[:, 0].index_select(0, rows_t)]] / kept_blocks[:, 0, 0]
                 usable = (kept_blocks > 0).all()
             else:
-                values, usable = _quadratic_forms_unchecked(*self._gathered(index, blocks, rows_t))
+                values, usable = quadratic_forms_unchecked(*self._gathered(index, blocks, rows_t))
             # gathered again if ever needed, not held: a step holds every layer's terms until it reads them (a
             # ViT-L residual stream's 49 layers would hold 49 copies of their weights at once)
             terms.append(ErrorTerm(channels[rows], self.energy, values, usable,
-                                   lambda i=index, b=blocks, r=rows_t: _quadratic_forms(*self._gathered(i, b, r))))
+                                   lambda i=index, b=blocks, r=rows_t: quadratic_forms(*self._gathered(i, b, r))))
         return terms
 
     def _gathered(self, index: torch.Tensor, blocks: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -94,7 +100,7 @@ class LayerState:
             return 0.0
         cols = self.place[originals]
         weights = self.columns_major[cols]                                           # M_S^T: [s, outputs]
-        error = float((weights * _solve(self._block(cols), weights)).sum()) / self.energy
+        error = float((weights * solve(self._block(cols), weights)).sum()) / self.energy
         return max(error, 0.0)
 
     def _originals(self, channels) -> torch.Tensor | None:
@@ -116,7 +122,7 @@ class LayerState:
         rows = self._rows(cols)                                                      # [s, columns]
         weights = self.columns_major[cols]                                           # M_S^T: [s, outputs]
         # one factorisation of (H^-1)_SS for both right-hand sides: [(H^-1)_SS]^-1 [M_S^T | (H^-1)_S:]
-        both, factored = _solve_unchecked(rows[:, cols], torch.cat([weights, rows], dim=1))
+        both, factored = solve_unchecked(rows[:, cols], torch.cat([weights, rows], dim=1))
         self.factored = factored if self.factored is None else self.factored & factored  # read once (eliminate)
         error = (weights * both[:, :weights.shape[1]]).sum() / self.energy
         solved = both[:, weights.shape[1]:]                                          # [(H^-1)_SS]^-1 (H^-1)_S:
@@ -279,38 +285,3 @@ def _compact_in_place(square: torch.Tensor, kept: torch.Tensor, chunk: int = 256
         rows = square.index_select(0, kept[start:start + chunk]).index_select(1, kept)  # two gathers, no mask copy
         flat[start * size:start * size + rows.numel()] = rows.reshape(-1)
     return flat[:size * size].view(size, size)
-
-
-def _quadratic_forms(blocks: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """trace(W_i^T B_i^-1 W_i) for every i of blocks [n, s, s] (symmetric positive definite: diagonal
-    blocks of an inverse Hessian) and weights [n, s, outputs]: the sum of B_i^-1 * (W_i W_i^T), the s x s
-    inverses from a Cholesky factor and the Gram matrices by one batched product (a batch of triangular
-    solves against the `outputs` columns runs a matrix at a time on the CPU, far slower); the LU solve
-    where a block is not positive definite. One column per channel (1x1 convolutions, linear layers): a
-    division, not a batch of 1 x 1 solves."""
-    if blocks.shape[1] == 1 and bool((blocks > 0).all()):
-        return weights.square().sum(dim=(1, 2)) / blocks[:, 0, 0]
-    factor, info = torch.linalg.cholesky_ex(blocks)
-    if bool((info != 0).any()):
-        return (weights * _solve(blocks, weights)).sum(dim=(1, 2))
-    return (torch.cholesky_inverse(factor) * torch.bmm(weights, weights.transpose(1, 2))).sum(dim=(1, 2))
-
-
-def _quadratic_forms_unchecked(blocks: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """_quadratic_forms' fast path, without reading whether it applies: (values, a 0-d tensor saying whether every
-    block is positive: the values stand; where not, _quadratic_forms gives them)."""
-    factor, info = torch.linalg.cholesky_ex(blocks)
-    products = torch.bmm(weights, weights.transpose(1, 2))
-    return (torch.cholesky_inverse(factor) * products).sum(dim=(1, 2)), (info == 0).all()
-
-
-def _solve(block: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    solved, factored = _solve_unchecked(block, right)
-    return solved if bool(factored) else semidefinite_solve(block, right)
-
-
-def _solve_unchecked(block: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The LU solve without reading whether it factored (on a GPU a read waits for the device's queue): the
-    solution and a 0-d tensor, False where a block was singular (then the solution is not one)."""
-    solved, info = torch.linalg.solve_ex(block, right)
-    return solved, (info == 0).all()
